@@ -1,0 +1,5 @@
+//! One module per top-level command.
+
+pub mod doctor;
+pub mod plugins;
+pub mod serve;

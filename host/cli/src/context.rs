@@ -1,0 +1,49 @@
+//! What every command needs: the configuration and the plugin host built
+//! from it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use crownest_core::config::Config;
+use crownest_core::kv::SqliteKv;
+use crownest_plugins::{PluginHost, PluginSet};
+
+/// Global command-line options.
+pub struct Context {
+    pub config_path: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Context {
+    /// The configuration with command-line overrides applied.
+    pub fn config(&self) -> Result<Config> {
+        let mut config = Config::load(self.config_path.as_deref())?;
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = Some(dir.clone());
+        }
+        Ok(config)
+    }
+
+    /// Create the data directory (mode 0700) if needed.
+    pub fn prepare_data_dir(&self, config: &Config) -> Result<PathBuf> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = config.data_dir();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        Ok(dir)
+    }
+
+    /// Build the engine and load the configured plugins.
+    pub fn load_plugins(&self, config: &Config) -> Result<(PluginHost, PluginSet)> {
+        let dir = self.prepare_data_dir(config)?;
+        let db = dir.join("crownest.db");
+        let kv = SqliteKv::open(&db).with_context(|| format!("cannot open the database {}", db.display()))?;
+        let host = PluginHost::for_config(config, Arc::new(kv)).context("cannot start the plugin engine")?;
+        let set = host.load_all(config).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        Ok((host, set))
+    }
+}

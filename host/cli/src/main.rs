@@ -1,0 +1,66 @@
+//! `crownest`: run the server, manage and check plugins, diagnose the host.
+
+mod commands;
+mod context;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "crownest", version, about = "Self-hostable execution service for coding agents and CI")]
+struct Cli {
+    /// Configuration file (default: none; embedded defaults are used).
+    #[arg(long, global = true, env = "CROWNEST_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides `data_dir` in the config).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start CrowNest: load the configured plugins and serve.
+    Serve(commands::serve::Args),
+    /// Inspect and test plugins.
+    #[command(subcommand)]
+    Plugins(commands::plugins::Command),
+    /// Check this host: engine, plugins, storage round trip.
+    Doctor(commands::doctor::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CROWNEST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,crownest=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ctx = context::Context { config_path: cli.config, data_dir: cli.data_dir };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => commands::serve::run(&ctx, args).await,
+            Command::Plugins(cmd) => commands::plugins::run(&ctx, cmd).await,
+            Command::Doctor(args) => commands::doctor::run(&ctx, args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! `crownest.toml`: what the host loads and how.
+//!
+//! The file is optional. Without it every plugin kind uses its embedded
+//! default (`builtin:<name>`) with that default's grants. Every key can be
+//! overridden from the environment: `CROWNEST_` followed by the key path in
+//! upper case with `__` between levels, e.g.
+//! `CROWNEST_ENGINE__CALL_TIMEOUT_MS=5000` or
+//! `CROWNEST_PLUGINS__ARTIFACT_STORE__CONFIG__ROOT=/srv/artifacts`. Values are
+//! read as TOML when they parse (`5000`, `true`, `["a", "b"]`) and as strings
+//! otherwise.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use crate::plugin_kind::PluginKind;
+
+/// Environment variables with the `CROWNEST_` prefix that are not config keys.
+const NON_CONFIG_ENV: &[&str] = &["CROWNEST_CONFIG", "CROWNEST_API_KEY", "CROWNEST_API_URL", "CROWNEST_LOG"];
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where CrowNest keeps its database, artifacts and caches.
+    pub data_dir: Option<PathBuf>,
+    /// Address `crownest serve` listens on.
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub engine: EngineConfig,
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+}
+
+/// Settings of the WebAssembly engine shared by all plugins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Default deadline of one plugin call, in milliseconds.
+    pub call_timeout_ms: u64,
+    /// Default memory cap of one plugin instance, in MiB.
+    pub memory_limit_mib: u64,
+    /// Most plugin instances alive at once (sizes the pooling allocator).
+    pub max_instances: u32,
+    /// `auto` (pooling allocator when the host allows it), `on`, or `off`.
+    pub pooling: PoolingMode,
+    /// Where compiled components are cached (default `<data_dir>/cache/components`).
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            call_timeout_ms: 30_000,
+            memory_limit_mib: 256,
+            max_instances: 1000,
+            pooling: PoolingMode::Auto,
+            cache_dir: None,
+        }
+    }
+}
+
+/// Whether to use wasmtime's pooling instance allocator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolingMode {
+    Auto,
+    On,
+    Off,
+}
+
+/// One optional table per plugin kind.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    pub runtime_provider: Option<PluginConfig>,
+    pub artifact_store: Option<PluginConfig>,
+    pub auth_scoper: Option<PluginConfig>,
+    pub meter: Option<PluginConfig>,
+}
+
+impl PluginsConfig {
+    pub fn get(&self, kind: PluginKind) -> Option<&PluginConfig> {
+        match kind {
+            PluginKind::RuntimeProvider => self.runtime_provider.as_ref(),
+            PluginKind::ArtifactStore => self.artifact_store.as_ref(),
+            PluginKind::AuthScoper => self.auth_scoper.as_ref(),
+            PluginKind::Meter => self.meter.as_ref(),
+        }
+    }
+}
+
+/// `[plugins.<kind>]`: which component implements the kind and what it may do.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// `builtin:<name>` or a path to a `.wasm` component. Default: the
+    /// kind's embedded default.
+    pub source: Option<String>,
+    /// Deadline of one call, overriding `engine.call_timeout_ms`.
+    pub call_timeout_ms: Option<u64>,
+    /// Memory cap, overriding `engine.memory_limit_mib`.
+    pub memory_limit_mib: Option<u64>,
+    /// The plugin's own settings, visible to it through `crownest:host/config`.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// Gated capabilities. When absent and the source is a builtin, the
+    /// builtin's default grants apply; otherwise nothing is granted.
+    pub grants: Option<Grants>,
+}
+
+/// Capabilities a plugin may use beyond the ungated host imports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// A host directory preopened at `/data` inside the plugin. `${data_dir}`
+    /// expands to the data directory.
+    pub filesystem: Option<String>,
+    /// `host:port` authorities the plugin may send HTTP requests to.
+    #[serde(default)]
+    pub http: Vec<String>,
+    /// The Linux sandbox mechanisms (`crownest:host/sandbox`).
+    #[serde(default)]
+    pub sandbox: bool,
+}
+
+impl Grants {
+    /// Names of the granted capabilities, for listings.
+    pub fn describe(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(dir) = &self.filesystem {
+            out.push(format!("filesystem={dir}"));
+        }
+        if !self.http.is_empty() {
+            out.push(format!("http={}", self.http.join(",")));
+        }
+        if self.sandbox {
+            out.push("sandbox".to_string());
+        }
+        out
+    }
+}
+
+impl Config {
+    /// Load the configuration: the file at `path` (or `CROWNEST_CONFIG`) if
+    /// any, then the `CROWNEST_*` environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        let path = path
+            .map(Path::to_path_buf)
+            .or_else(|| vars.iter().find(|(k, _)| k == "CROWNEST_CONFIG").map(|(_, v)| PathBuf::from(v)));
+        let text = match &path {
+            Some(p) => {
+                Some(std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?)
+            }
+            None => None,
+        };
+        Self::from_parts(text.as_deref(), &vars).with_context(|| match &path {
+            Some(p) => format!("invalid configuration in {} (or its CROWNEST_* overrides)", p.display()),
+            None => "invalid configuration from CROWNEST_* environment variables".to_string(),
+        })
+    }
+
+    /// Parse `text` (TOML) and apply the `CROWNEST_*` overrides from `vars`.
+    pub fn from_parts(text: Option<&str>, vars: &[(String, String)]) -> Result<Config> {
+        let mut table: toml::Table = match text {
+            Some(t) => toml::from_str(t).context("not valid TOML")?,
+            None => toml::Table::new(),
+        };
+        let mut applied = Vec::new();
+        for (name, value) in vars {
+            let Some(path) = env_key_path(name) else { continue };
+            set_path(&mut table, &path, parse_env_value(value))
+                .with_context(|| format!("cannot apply environment variable {name}"))?;
+            applied.push(name.clone());
+        }
+        let config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+            if applied.is_empty() {
+                anyhow::anyhow!("{e}")
+            } else {
+                anyhow::anyhow!("{e} (environment overrides applied: {})", applied.join(", "))
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.engine.call_timeout_ms == 0 {
+            bail!("engine.call_timeout_ms must be at least 1");
+        }
+        if self.engine.memory_limit_mib == 0 {
+            bail!("engine.memory_limit_mib must be at least 1");
+        }
+        for kind in PluginKind::ALL {
+            if let Some(p) = self.plugins.get(kind) {
+                if p.call_timeout_ms == Some(0) {
+                    bail!("plugins.{}.call_timeout_ms must be at least 1", kind.config_key());
+                }
+                if p.memory_limit_mib == Some(0) {
+                    bail!("plugins.{}.memory_limit_mib must be at least 1", kind.config_key());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The data directory: configured, else `$XDG_DATA_HOME/crownest`, else
+    /// `$HOME/.local/share/crownest`, else `./crownest-data`.
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(d) = &self.data_dir {
+            return d.clone();
+        }
+        if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(x).join("crownest");
+        }
+        if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(h).join(".local/share/crownest");
+        }
+        PathBuf::from("crownest-data")
+    }
+
+    /// Where compiled components are cached.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.engine.cache_dir.clone().unwrap_or_else(|| self.data_dir().join("cache/components"))
+    }
+
+    /// Expand `${data_dir}` in a configured path.
+    pub fn expand(&self, value: &str) -> String {
+        value.replace("${data_dir}", &self.data_dir().to_string_lossy())
+    }
+}
+
+/// `CROWNEST_PLUGINS__ARTIFACT_STORE__SOURCE` → `["plugins", "artifact_store", "source"]`.
+fn env_key_path(name: &str) -> Option<Vec<String>> {
+    let rest = name.strip_prefix("CROWNEST_")?;
+    if NON_CONFIG_ENV.contains(&name) || rest.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+    if parts.iter().any(String::is_empty) {
+        return None;
+    }
+    Some(parts)
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    // Parse as the right-hand side of a TOML assignment; fall back to a string.
+    let doc = format!("v = {raw}");
+    match toml::from_str::<BTreeMap<String, toml::Value>>(&doc) {
+        Ok(mut m) => m.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<()> {
+    let (last, parents) = path.split_last().expect("env key paths are never empty");
+    let mut cur = table;
+    for key in parents {
+        let entry = cur.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            other => bail!("`{key}` is a {} in the config file, not a table", other.type_str()),
+        };
+    }
+    cur.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn empty_config_uses_defaults() {
+        let c = Config::from_parts(None, &[]).unwrap();
+        assert_eq!(c.engine.call_timeout_ms, 30_000);
+        assert!(c.plugins.artifact_store.is_none());
+    }
+
+    #[test]
+    fn file_then_env_overrides_nested_keys() {
+        let text = r#"
+            [engine]
+            call_timeout_ms = 1000
+            [plugins.artifact_store]
+            source = "/tmp/a.wasm"
+            config = { root = "/data", depth = 2 }
+        "#;
+        let env = vars(&[
+            ("CROWNEST_ENGINE__CALL_TIMEOUT_MS", "2500"),
+            ("CROWNEST_PLUGINS__ARTIFACT_STORE__CONFIG__ROOT", "/srv/x"),
+            ("CROWNEST_PLUGINS__METER__GRANTS__HTTP", r#"["127.0.0.1:9000"]"#),
+            ("CROWNEST_API_KEY", "cn_live_not_a_config_key"),
+            ("PATH", "/usr/bin"),
+        ]);
+        let c = Config::from_parts(Some(text), &env).unwrap();
+        assert_eq!(c.engine.call_timeout_ms, 2500);
+        let store = c.plugins.artifact_store.unwrap();
+        assert_eq!(store.source.as_deref(), Some("/tmp/a.wasm"));
+        assert_eq!(store.config["root"].as_str(), Some("/srv/x"));
+        assert_eq!(store.config["depth"].as_integer(), Some(2));
+        let meter = c.plugins.meter.unwrap();
+        assert_eq!(meter.grants.unwrap().http, vec!["127.0.0.1:9000".to_string()]);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key_and_the_variable() {
+        let err = Config::from_parts(Some("[engine]\ncall_timeout = 5\n"), &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("call_timeout"), "{err:#}");
+
+        let err = Config::from_parts(None, &vars(&[("CROWNEST_ENGINE__BOGUS", "1")])).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("bogus") && msg.contains("CROWNEST_ENGINE__BOGUS"), "{msg}");
+    }
+
+    #[test]
+    fn zero_timeouts_are_rejected() {
+        let err = Config::from_parts(Some("[plugins.meter]\ncall_timeout_ms = 0\n"), &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("plugins.meter.call_timeout_ms"), "{err:#}");
+    }
+
+    #[test]
+    fn env_value_that_is_not_toml_is_a_string() {
+        assert_eq!(parse_env_value("/a/b c"), toml::Value::String("/a/b c".into()));
+        assert_eq!(parse_env_value("true"), toml::Value::Boolean(true));
+    }
+
+    #[test]
+    fn data_dir_placeholder_expands() {
+        let c = Config::from_parts(Some("data_dir = \"/var/lib/cn\"\n"), &[]).unwrap();
+        assert_eq!(c.expand("${data_dir}/artifacts"), "/var/lib/cn/artifacts");
+    }
+}

@@ -1,0 +1,52 @@
+//! The `progress` resource of `crownest:host/types`: a host-owned sink a
+//! plugin reports long-operation progress into.
+
+use std::sync::Arc;
+
+use wasmtime::component::Resource;
+
+use crate::bindings::host::crownest::host::types::{Host, HostProgress};
+use crate::state::PluginState;
+
+/// Receives (bytes, entries) so far.
+pub type ProgressCallback = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// Host side of a `progress` handle.
+pub struct ProgressSink {
+    callback: ProgressCallback,
+    last: (u64, u64),
+}
+
+impl ProgressSink {
+    pub fn new(callback: ProgressCallback) -> Self {
+        ProgressSink { callback, last: (0, 0) }
+    }
+
+    /// Forward a report unless it goes backwards.
+    pub fn report(&mut self, bytes: u64, entries: u64) {
+        if bytes < self.last.0 || entries < self.last.1 || (bytes, entries) == self.last {
+            return;
+        }
+        self.last = (bytes, entries);
+        (self.callback)(bytes, entries);
+    }
+}
+
+impl Host for PluginState {}
+
+impl HostProgress for PluginState {
+    async fn report(
+        &mut self,
+        this: Resource<ProgressSink>,
+        done_bytes: u64,
+        done_entries: u64,
+    ) -> wasmtime::Result<()> {
+        self.table.get_mut(&this)?.report(done_bytes, done_entries);
+        Ok(())
+    }
+
+    async fn drop(&mut self, this: Resource<ProgressSink>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,122 @@
+//! Where a plugin's component comes from: embedded in the binary or a file.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crownest_core::PluginKind;
+use crownest_core::config::{Config, Grants, PluginConfig};
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/builtins.rs"));
+}
+
+/// The embedded plugins: name, kind, default grants.
+const BUILTINS: &[(&str, PluginKind)] = &[
+    ("fs-artifacts", PluginKind::ArtifactStore),
+    ("scoped-keys", PluginKind::AuthScoper),
+    ("compute-meter", PluginKind::Meter),
+];
+
+/// A plugin's origin as written in the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginSource {
+    /// `builtin:<name>`
+    Builtin(String),
+    /// A `.wasm` component on disk.
+    Path(PathBuf),
+}
+
+impl fmt::Display for PluginSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PluginSource::Builtin(n) => write!(f, "builtin:{n}"),
+            PluginSource::Path(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl PluginSource {
+    pub fn parse(s: &str) -> PluginSource {
+        match s.strip_prefix("builtin:") {
+            Some(name) => PluginSource::Builtin(name.to_string()),
+            None => PluginSource::Path(PathBuf::from(s)),
+        }
+    }
+
+    /// A short name for logs and listings: the builtin name or file stem.
+    pub fn plugin_name(&self) -> String {
+        match self {
+            PluginSource::Builtin(n) => n.clone(),
+            PluginSource::Path(p) => p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        }
+    }
+
+    /// The component bytes. Errors say what to do.
+    pub fn read(&self, kind: PluginKind) -> Result<Vec<u8>, String> {
+        match self {
+            PluginSource::Builtin(name) => match builtin(name) {
+                Some((k, bytes)) if k == kind => Ok(bytes.to_vec()),
+                Some((k, _)) => Err(format!(
+                    "`builtin:{name}` is a {k} plugin, not a {kind}; builtin {kind} plugins: {}",
+                    builtin_names(kind).join(", ")
+                )),
+                None => Err(format!(
+                    "unknown builtin plugin `builtin:{name}`; builtin {kind} plugins: {}",
+                    list_or_none(&builtin_names(kind))
+                )),
+            },
+            PluginSource::Path(path) => std::fs::read(path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    format!("plugin file {} not found; check the `source` path in the config", path.display())
+                }
+                _ => format!("cannot read plugin file {}: {e}", path.display()),
+            }),
+        }
+    }
+}
+
+fn list_or_none(names: &[&str]) -> String {
+    if names.is_empty() { "none yet".to_string() } else { names.join(", ") }
+}
+
+fn builtin(name: &str) -> Option<(PluginKind, &'static [u8])> {
+    let kind = BUILTINS.iter().find(|(n, _)| *n == name)?.1;
+    let bytes = embedded::EMBEDDED.iter().find(|(n, _)| *n == name)?.1;
+    Some((kind, bytes))
+}
+
+/// Names of the builtin plugins of one kind.
+pub fn builtin_names(kind: PluginKind) -> Vec<&'static str> {
+    BUILTINS.iter().filter(|(_, k)| *k == kind).map(|(n, _)| *n).collect()
+}
+
+/// The builtin used for `kind` when the config names none.
+pub fn default_builtin(kind: PluginKind) -> Option<&'static str> {
+    builtin_names(kind).first().copied()
+}
+
+/// Grants a builtin gets when its config table has no `grants`.
+fn default_grants(name: &str) -> Grants {
+    match name {
+        "fs-artifacts" => Grants { filesystem: Some("${data_dir}/artifacts".into()), ..Grants::default() },
+        _ => Grants::default(),
+    }
+}
+
+/// Resolve what `kind` should load under `config`: source, plugin config and
+/// grants (with `${data_dir}` expanded). `None` when the kind has neither a
+/// configured source nor a builtin default.
+pub fn resolve(config: &Config, kind: PluginKind) -> Option<(PluginSource, PluginConfig, Grants)> {
+    let table = config.plugins.get(kind).cloned().unwrap_or_default();
+    let source = match &table.source {
+        Some(s) => PluginSource::parse(&config.expand(s)),
+        None => PluginSource::Builtin(default_builtin(kind)?.to_string()),
+    };
+    let mut grants = match (&table.grants, &source) {
+        (Some(g), _) => g.clone(),
+        (None, PluginSource::Builtin(name)) => default_grants(name),
+        (None, PluginSource::Path(_)) => Grants::default(),
+    };
+    grants.filesystem = grants.filesystem.map(|d| config.expand(&d));
+    Some((source, table, grants))
+}

@@ -1,0 +1,168 @@
+//! Moving bulk bytes between the host and plugins as `wasi:io` streams.
+//!
+//! - [`input_stream_from`] turns any host `AsyncRead` into a `wasi:io`
+//!   input stream a plugin can read or splice, in chunks of up to
+//!   [`CHUNK`] (1 MiB): small chunks cost a blocking-pool hop each and cap
+//!   throughput well below disk speed.
+//! - [`read_guest_stream`] turns a stream a plugin returned into an
+//!   `AsyncRead`, keeping the plugin's store alive while it is read.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use crownest_core::ports::ByteStream;
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::sync::mpsc;
+use wasmtime::Store;
+use wasmtime::component::Resource;
+use wasmtime_wasi::p2::{DynInputStream, InputStream, Pollable, StreamError, StreamResult};
+
+use crate::state::PluginState;
+
+/// Bytes per chunk.
+pub const CHUNK: usize = 1 << 20;
+/// Chunks buffered between producer and consumer.
+const DEPTH: usize = 4;
+
+/// A `wasi:io` input stream fed from a host reader by a background task.
+struct ReaderInputStream {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    buf: Bytes,
+    pending: Option<io::Result<Bytes>>,
+    eof: bool,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ReaderInputStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Wrap a host reader as a `wasi:io` input stream.
+pub fn input_stream_from(mut reader: ByteStream) -> DynInputStream {
+    let (tx, rx) = mpsc::channel(DEPTH);
+    let task = tokio::spawn(async move {
+        loop {
+            let mut buf = BytesMut::with_capacity(CHUNK);
+            match reader.read_buf(&mut buf).await {
+                Ok(0) => break,
+                Ok(_) => {
+                    if tx.send(Ok(buf.freeze())).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    break;
+                }
+            }
+        }
+    });
+    Box::new(ReaderInputStream { rx, buf: Bytes::new(), pending: None, eof: false, task })
+}
+
+#[async_trait::async_trait]
+impl Pollable for ReaderInputStream {
+    async fn ready(&mut self) {
+        if !self.buf.is_empty() || self.pending.is_some() || self.eof {
+            return;
+        }
+        match self.rx.recv().await {
+            Some(item) => self.pending = Some(item),
+            None => self.eof = true,
+        }
+    }
+}
+
+impl InputStream for ReaderInputStream {
+    fn read(&mut self, size: usize) -> StreamResult<Bytes> {
+        if self.buf.is_empty() {
+            let next = match self.pending.take() {
+                Some(item) => Some(item),
+                None if self.eof => return Err(StreamError::Closed),
+                None => match self.rx.try_recv() {
+                    Ok(item) => Some(item),
+                    Err(mpsc::error::TryRecvError::Empty) => None,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        self.eof = true;
+                        return Err(StreamError::Closed);
+                    }
+                },
+            };
+            match next {
+                None => return Ok(Bytes::new()),
+                Some(Ok(bytes)) => self.buf = bytes,
+                Some(Err(e)) => {
+                    self.eof = true;
+                    return Err(StreamError::LastOperationFailed(wasmtime::Error::new(e)));
+                }
+            }
+        }
+        let n = size.min(self.buf.len());
+        Ok(self.buf.split_to(n))
+    }
+}
+
+/// An `AsyncRead` over chunks arriving on a channel.
+pub struct ChannelReader {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    buf: Bytes,
+}
+
+impl ChannelReader {
+    pub fn new(rx: mpsc::Receiver<io::Result<Bytes>>) -> Self {
+        ChannelReader { rx, buf: Bytes::new() }
+    }
+}
+
+impl AsyncRead for ChannelReader {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        while self.buf.is_empty() {
+            match self.rx.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(Some(Ok(bytes))) => self.buf = bytes,
+            }
+        }
+        let n = out.remaining().min(self.buf.len());
+        let chunk = self.buf.split_to(n);
+        out.put_slice(&chunk);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Read a stream a plugin returned, owning the plugin's store until the
+/// stream ends or the reader is dropped.
+pub fn read_guest_stream(mut store: Store<PluginState>, stream: Resource<DynInputStream>) -> ByteStream {
+    let (tx, rx) = mpsc::channel(DEPTH);
+    tokio::spawn(async move {
+        loop {
+            let s = match store.data_mut().table.get_mut(&stream) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = tx.send(Err(io::Error::other(format!("plugin stream vanished: {e}")))).await;
+                    break;
+                }
+            };
+            match s.read(CHUNK) {
+                Ok(bytes) if bytes.is_empty() => s.ready().await,
+                Ok(bytes) => {
+                    if tx.send(Ok(bytes)).await.is_err() {
+                        break;
+                    }
+                }
+                Err(StreamError::Closed) => break,
+                Err(e) => {
+                    let _ = tx.send(Err(io::Error::other(format!("plugin stream failed: {e}")))).await;
+                    break;
+                }
+            }
+        }
+        let _ = store.data_mut().table.delete(stream);
+    });
+    Box::new(ChannelReader::new(rx))
+}
