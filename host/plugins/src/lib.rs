@@ -26,5 +26,5 @@ mod state;
 pub mod streams;
 
 pub use engine::{EngineSettings, PluginEngine};
-pub use loader::{LoadedPlugin, PluginHost, PluginInfo, PluginSet};
+pub use loader::{CacheOutcome, LoadedPlugin, PluginHost, PluginInfo, PluginSet};
 pub use source::{PluginSource, builtin_names};

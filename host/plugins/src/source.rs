@@ -57,8 +57,8 @@ impl PluginSource {
             PluginSource::Builtin(name) => match builtin(name) {
                 Some((k, bytes)) if k == kind => Ok(bytes.to_vec()),
                 Some((k, _)) => Err(format!(
-                    "`builtin:{name}` is a {k} plugin, not a {kind}; builtin {kind} plugins: {}",
-                    builtin_names(kind).join(", ")
+                    "`builtin:{name}` implements the {k} world, not {kind}; builtin {kind} plugins: {}",
+                    list_or_none(&builtin_names(kind))
                 )),
                 None => Err(format!(
                     "unknown builtin plugin `builtin:{name}`; builtin {kind} plugins: {}",

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use clap::Subcommand;
 use crownest_core::PluginKind;
 use crownest_plugins::conformance::{self, CheckOptions};
-use crownest_plugins::{PluginInfo, builtin_names};
+use crownest_plugins::{PluginInfo, PluginSource, builtin_names};
 use serde_json::json;
 
 use crate::context::Context;
@@ -25,8 +25,8 @@ pub enum Command {
     Check {
         /// runtime-provider, artifact-store, auth-scoper or meter.
         kind: PluginKind,
-        /// The component (`.wasm`, built for wasm32-wasip2).
-        file: PathBuf,
+        /// The component: a `.wasm` file built for wasm32-wasip2, or `builtin:<name>`.
+        file: String,
         /// A TOML file whose table is given to the plugin as its config.
         #[arg(long)]
         plugin_config: Option<PathBuf>,
@@ -115,8 +115,8 @@ fn list(ctx: &Context, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn check(kind: PluginKind, file: PathBuf, opts: CheckOptions, json: bool) -> Result<ExitCode> {
-    let report = conformance::run(kind, &file, opts).await;
+async fn check(kind: PluginKind, file: String, opts: CheckOptions, json: bool) -> Result<ExitCode> {
+    let report = conformance::run(kind, &PluginSource::parse(&file), opts).await;
     if json {
         let checks: Vec<_> = report
             .checks
@@ -128,7 +128,7 @@ async fn check(kind: PluginKind, file: PathBuf, opts: CheckOptions, json: bool) 
             json!({"data": {"kind": kind.name(), "file": file, "passed": report.passed(), "checks": checks}})
         );
     } else {
-        println!("conformance: {} world, {}", kind, file.display());
+        println!("conformance: {} world, {}", kind, report.source);
         let width = report.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
         for c in &report.checks {
             let status = if c.passed { "PASS" } else { "FAIL" };

@@ -13,7 +13,6 @@ mod auth_scoper;
 mod meter;
 mod runtime_provider;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,7 +61,8 @@ pub struct CheckResult {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub kind: PluginKind,
-    pub file: PathBuf,
+    /// What was checked (`builtin:<name>` or a path).
+    pub source: String,
     pub checks: Vec<CheckResult>,
 }
 
@@ -139,10 +139,10 @@ pub(crate) fn expect_error<T: std::fmt::Debug>(
     }
 }
 
-/// Run the suite for `kind` against the component at `path`.
-pub async fn run(kind: PluginKind, path: &Path, opts: CheckOptions) -> Report {
+/// Run the suite for `kind` against the component at `source`.
+pub async fn run(kind: PluginKind, source: &PluginSource, opts: CheckOptions) -> Report {
     let mut suite = Suite { checks: Vec::new(), deadline: opts.call_timeout };
-    let report = |suite: Suite| Report { kind, file: path.to_path_buf(), checks: suite.checks };
+    let report = |suite: Suite| Report { kind, source: source.to_string(), checks: suite.checks };
 
     let scratch = match tempfile::tempdir() {
         Ok(d) => d,
@@ -151,7 +151,7 @@ pub async fn run(kind: PluginKind, path: &Path, opts: CheckOptions) -> Report {
             return report(suite);
         }
     };
-    let plugin = match load(kind, path, &opts, scratch.path()) {
+    let plugin = match load(kind, source, &opts, scratch.path()) {
         Ok(p) => p,
         Err(e) => {
             suite.record("load", false, e);
@@ -191,7 +191,12 @@ enum Typed {
     Runtime(WasmRuntimeProvider),
 }
 
-fn load(kind: PluginKind, path: &Path, opts: &CheckOptions, scratch: &Path) -> Result<Arc<LoadedPlugin>, String> {
+fn load(
+    kind: PluginKind,
+    source: &PluginSource,
+    opts: &CheckOptions,
+    scratch: &std::path::Path,
+) -> Result<Arc<LoadedPlugin>, String> {
     let kv = SqliteKv::in_memory().map_err(|e| format!("cannot create the in-memory kv store: {e:#}"))?;
     let engine = EngineConfig {
         call_timeout_ms: u64::try_from(opts.call_timeout.as_millis()).unwrap_or(u64::MAX),
@@ -206,5 +211,5 @@ fn load(kind: PluginKind, path: &Path, opts: &CheckOptions, scratch: &Path) -> R
     let grants =
         Grants { filesystem: Some(data.to_string_lossy().into_owned()), http: opts.allow_http.clone(), sandbox: false };
     let table = PluginConfig { config: opts.plugin_config.clone(), ..PluginConfig::default() };
-    host.load(kind, PluginSource::Path(path.to_path_buf()), &table, grants).map_err(|e| e.message)
+    host.load(kind, source.clone(), &table, grants).map_err(|e| e.message)
 }
