@@ -12,6 +12,8 @@
 //! loads the configured plugin set, [`conformance::run`] is the
 //! `crownest plugins check` suite.
 
+#[doc(hidden)]
+pub mod bench_support;
 pub mod bindings;
 mod cache;
 pub mod capabilities;
@@ -22,7 +24,7 @@ mod imports;
 pub mod kinds;
 mod loader;
 mod source;
-mod state;
+pub mod state;
 pub mod streams;
 
 pub use engine::{EngineSettings, PluginEngine};

@@ -52,7 +52,7 @@ pub struct LoadedPlugin {
 
 impl LoadedPlugin {
     /// A fresh store for one instance, with the deadline and memory cap armed.
-    pub(crate) fn new_store(&self) -> Result<Store<PluginState>, PluginError> {
+    pub fn new_store(&self) -> Result<Store<PluginState>, PluginError> {
         let state = PluginState::new(self.env.clone()).map_err(|e| {
             PluginError::fault(FaultKind::Load, format!("cannot prepare plugin `{}`: {e:#}", self.info.name))
         })?;
