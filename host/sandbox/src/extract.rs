@@ -1,0 +1,319 @@
+//! Safe, streaming extraction of `.tar.gz` archives into a workspace.
+//!
+//! Every byte of an archive is hostile. In one pass the stream is counted,
+//! inflated (zlib-rs) and unpacked entry by entry through a `cap_std::Dir`:
+//!
+//! - allowed: regular files, directories, and symlinks whose target resolves
+//!   lexically inside the workspace;
+//! - refused, naming the entry: absolute paths (we do not re-root them: a
+//!   well-formed repo archive never needs it), `..` components, hardlinks,
+//!   device, FIFO and socket nodes, names over the limits, entries that would
+//!   pass through a symlink, absolute symlink targets;
+//! - masked: setuid, setgid and sticky bits (counted in the report);
+//! - budgets, enforced while streaming on decompressed bytes: total size,
+//!   entry count, depth, path length, compression ratio.
+//!
+//! The `tar` crate's own `unpack` silently skips `../` entries; it is not used.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cap_std::fs::PermissionsExt as _;
+use cap_std::fs::{Dir, OpenOptions, Permissions};
+use tar::EntryType;
+
+use crate::paths::{self, PathProblem};
+
+/// Limits on what one archive may contain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budgets {
+    pub max_total_bytes: u64,
+    pub max_entries: u64,
+    pub max_depth: u32,
+    pub max_path_bytes: u32,
+    pub max_compression_ratio: u32,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Budgets {
+            max_total_bytes: 4 << 30,
+            max_entries: 200_000,
+            max_depth: 64,
+            max_path_bytes: 4096,
+            max_compression_ratio: 250,
+        }
+    }
+}
+
+/// Totals of a successful extraction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Report {
+    pub archive_bytes: u64,
+    pub content_bytes: u64,
+    pub entries: u64,
+    pub masked_modes: u64,
+}
+
+/// Why an extraction stopped. Nothing is written outside the workspace in
+/// any case; what was extracted before the error stays (the caller destroys
+/// the workspace).
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error("archive entry `{entry}` refused: {reason}")]
+    Refused { entry: String, reason: String },
+    #[error("archive exceeds its budget: {0}")]
+    Budget(String),
+    #[error("archive is not a valid .tar.gz: {0}")]
+    Corrupt(String),
+    #[error("extraction failed: {0}")]
+    Io(String),
+}
+
+/// Counts bytes read through it into a shared counter.
+struct Counted<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Marker error raised from inside a read when a budget is blown, so the
+/// real reason survives the `tar` and `io::copy` layers.
+#[derive(Debug)]
+struct BudgetBlown(String);
+
+impl std::fmt::Display for BudgetBlown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BudgetBlown {}
+
+/// Decompressed side: counts and enforces size and ratio budgets per read.
+struct Inflated<R> {
+    inner: R,
+    out: u64,
+    compressed: Arc<AtomicU64>,
+    budgets: Budgets,
+}
+
+impl<R: Read> Read for Inflated<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.out += n as u64;
+        // Tar framing adds at most ~1 KiB per entry on top of content, so the
+        // content budget plus a margin bounds the decompressed stream.
+        let cap = self
+            .budgets
+            .max_total_bytes
+            .saturating_add(self.budgets.max_entries.saturating_mul(1536))
+            .saturating_add(1 << 20);
+        if self.out > cap {
+            return Err(io::Error::other(BudgetBlown(format!(
+                "more than {} bytes of content",
+                self.budgets.max_total_bytes
+            ))));
+        }
+        let compressed = self.compressed.load(Ordering::Relaxed).max(1);
+        if self.out > (1 << 20) && self.out / compressed > u64::from(self.budgets.max_compression_ratio) {
+            return Err(io::Error::other(BudgetBlown(format!(
+                "compression ratio above {}:1 (a decompression bomb?)",
+                self.budgets.max_compression_ratio
+            ))));
+        }
+        Ok(n)
+    }
+}
+
+fn io_to_extract(e: io::Error, what: &str) -> ExtractError {
+    if let Some(b) = e.get_ref().and_then(|inner| inner.downcast_ref::<BudgetBlown>()) {
+        return ExtractError::Budget(b.0.clone());
+    }
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => {
+            ExtractError::Corrupt(format!("{what}: {e}"))
+        }
+        _ => {
+            let text = e.to_string();
+            // flate2 reports bad gzip headers and checksums as plain errors.
+            if text.contains("corrupt") || text.contains("invalid gzip header") || text.contains("deflate") {
+                ExtractError::Corrupt(format!("{what}: {e}"))
+            } else {
+                ExtractError::Io(format!("{what}: {e}"))
+            }
+        }
+    }
+}
+
+/// Who should own extracted entries (the sandbox's host uid and gid).
+pub type Owner = Option<(u32, u32)>;
+
+fn chown(dir: &Dir, name: &[u8], owner: Owner) -> io::Result<()> {
+    if let Some((uid, gid)) = owner {
+        rustix::fs::chownat(
+            dir,
+            paths::os(name),
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+    }
+    Ok(())
+}
+
+/// Whether `target`, relative to the directory holding the link at depth
+/// `link_parent_depth`, stays inside the workspace root.
+fn symlink_stays_inside(link_parents: &[&[u8]], target: &[u8]) -> Result<(), String> {
+    if target.is_empty() {
+        return Err("empty symlink target".into());
+    }
+    if target.first() == Some(&b'/') {
+        return Err("absolute symlink targets are not allowed".into());
+    }
+    let mut depth = link_parents.len() as i64;
+    for c in target.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return Err("symlink target points outside the workspace".into());
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    Ok(())
+}
+
+/// Extract the `.tar.gz` read from `archive` into `root`. `progress` gets
+/// (content bytes, entries) after every entry.
+pub fn extract_tar_gz(
+    archive: impl Read,
+    root: &Dir,
+    budgets: Budgets,
+    owner: Owner,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Report, ExtractError> {
+    let compressed = Arc::new(AtomicU64::new(0));
+    let counted = Counted { inner: archive, count: compressed.clone() };
+    let gz = flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(256 * 1024, counted));
+    let inflated = Inflated { inner: gz, out: 0, compressed: compressed.clone(), budgets };
+    let mut tar = tar::Archive::new(inflated);
+    let mut report = Report::default();
+    let entries = tar.entries().map_err(|e| io_to_extract(e, "reading the archive"))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    for entry in entries {
+        let mut entry = entry.map_err(|e| io_to_extract(e, "reading the next entry"))?;
+        let raw_path = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw_path).into_owned();
+        let refuse = |reason: String| ExtractError::Refused { entry: shown.clone(), reason };
+        let kind = entry.header().entry_type();
+        report.entries += 1;
+        if report.entries > budgets.max_entries {
+            return Err(ExtractError::Budget(format!("more than {} entries", budgets.max_entries)));
+        }
+        let parts = match paths::components(&raw_path, budgets.max_path_bytes as usize, budgets.max_depth as usize) {
+            Ok(p) => p,
+            // A bare `./` directory entry is the archive root itself.
+            Err(PathProblem::Empty) if kind == EntryType::Directory => continue,
+            Err(p) => return Err(refuse(p.to_string())),
+        };
+        let (name, parents) = parts.split_last().expect("components are never empty");
+        let created = |d: &Dir, n: &[u8]| chown(d, n, owner);
+        let dir = paths::open_parents(root, parents, true, created).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::ENOTDIR) {
+                refuse("a parent directory is a symlink or a file".into())
+            } else {
+                ExtractError::Io(format!("creating the parents of `{shown}`: {e}"))
+            }
+        })?;
+        let mode = entry.header().mode().unwrap_or(0o644);
+        if mode & 0o7000 != 0 {
+            report.masked_modes += 1;
+        }
+        let mode = mode & 0o777;
+        let name_os = paths::os(name);
+        match kind {
+            EntryType::Regular | EntryType::Continuous => {
+                let size = entry.header().size().map_err(|e| io_to_extract(e, "reading an entry size"))?;
+                if report.content_bytes + size > budgets.max_total_bytes {
+                    return Err(ExtractError::Budget(format!(
+                        "more than {} bytes of content",
+                        budgets.max_total_bytes
+                    )));
+                }
+                let mut opts = OpenOptions::new();
+                opts.write(true).create(true).truncate(true);
+                cap_std::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+                cap_std::fs::OpenOptionsExt::custom_flags(&mut opts, libc::O_NOFOLLOW);
+                let mut file = dir.open_with(name_os, &opts).map_err(|e| match e.raw_os_error() {
+                    Some(libc::ELOOP) => refuse("a symlink of that name already exists".into()),
+                    Some(libc::EISDIR) => refuse("a directory of that name already exists".into()),
+                    _ => ExtractError::Io(format!("creating `{shown}`: {e}")),
+                })?;
+                let mut written = 0u64;
+                loop {
+                    let n = entry.read(&mut buf).map_err(|e| io_to_extract(e, &format!("reading `{shown}`")))?;
+                    if n == 0 {
+                        break;
+                    }
+                    file.write_all(&buf[..n]).map_err(|e| match e.raw_os_error() {
+                        Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
+                            ExtractError::Budget(format!("the workspace is full while writing `{shown}`"))
+                        }
+                        _ => ExtractError::Io(format!("writing `{shown}`: {e}")),
+                    })?;
+                    written += n as u64;
+                }
+                report.content_bytes += written;
+                file.set_permissions(Permissions::from_mode(mode))
+                    .map_err(|e| ExtractError::Io(format!("setting the mode of `{shown}`: {e}")))?;
+                drop(file);
+                chown(&dir, name, owner).map_err(|e| ExtractError::Io(format!("chown `{shown}`: {e}")))?;
+            }
+            EntryType::Directory => {
+                match dir.create_dir(name_os) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        let meta = dir.symlink_metadata(name_os).map_err(|e| ExtractError::Io(e.to_string()))?;
+                        if !meta.is_dir() {
+                            return Err(refuse("a file or symlink of that name already exists".into()));
+                        }
+                    }
+                    Err(e) => return Err(ExtractError::Io(format!("creating `{shown}`: {e}"))),
+                }
+                // Keep directories writable by their owner so later entries fit.
+                dir.set_permissions(name_os, Permissions::from_mode(mode | 0o700))
+                    .map_err(|e| ExtractError::Io(format!("setting the mode of `{shown}`: {e}")))?;
+                chown(&dir, name, owner).map_err(|e| ExtractError::Io(format!("chown `{shown}`: {e}")))?;
+            }
+            EntryType::Symlink => {
+                let target =
+                    entry.link_name_bytes().ok_or_else(|| refuse("symlink without a target".into()))?.into_owned();
+                symlink_stays_inside(parents, &target).map_err(refuse)?;
+                dir.symlink(paths::os(&target), name_os).map_err(|e| match e.kind() {
+                    io::ErrorKind::AlreadyExists => refuse("an entry of that name already exists".into()),
+                    _ => ExtractError::Io(format!("creating symlink `{shown}`: {e}")),
+                })?;
+                chown(&dir, name, owner).map_err(|e| ExtractError::Io(format!("chown `{shown}`: {e}")))?;
+            }
+            EntryType::Link => return Err(refuse("hardlinks are not allowed".into())),
+            EntryType::Char | EntryType::Block => return Err(refuse("device nodes are not allowed".into())),
+            EntryType::Fifo => return Err(refuse("FIFOs are not allowed".into())),
+            other => return Err(refuse(format!("entry type {other:?} is not allowed"))),
+        }
+        progress(report.content_bytes, report.entries);
+    }
+    report.archive_bytes = compressed.load(Ordering::Relaxed);
+    Ok(report)
+}

@@ -1,0 +1,224 @@
+//! The sandbox host: what this machine can enforce, detected once at
+//! start-up, and the factory for cells.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::cell::{Cell, CellError, CellRecord};
+use crate::cgroup::{self, Layout};
+use crate::limits::Limits;
+
+/// Where things are.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Directory holding one directory per cell. It must be traversable by
+    /// the sandbox uids (mode 0711 is applied), so it lives outside the
+    /// private data directory (default `/var/lib/crownest-sandboxes` as root).
+    pub root: PathBuf,
+    /// bubblewrap.
+    pub bwrap: PathBuf,
+    /// The executable that implements the jail helper (normally `crownest`
+    /// itself, see `jail::run_if_invoked`).
+    pub helper: PathBuf,
+    /// Where cgroup hierarchies are mounted.
+    pub cgroup_mount: PathBuf,
+    /// First host uid for sandboxes (each cell gets its own).
+    pub uid_base: u32,
+    pub uid_count: u32,
+}
+
+impl SandboxConfig {
+    pub fn defaults(helper: PathBuf) -> SandboxConfig {
+        SandboxConfig {
+            root: PathBuf::from("/var/lib/crownest-sandboxes"),
+            bwrap: PathBuf::from("/usr/bin/bwrap"),
+            helper,
+            cgroup_mount: PathBuf::from("/sys/fs/cgroup"),
+            uid_base: 2_000_000,
+            uid_count: 65_536,
+        }
+    }
+}
+
+/// One mechanism or limit and whether it is really enforced here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enforcement {
+    pub name: String,
+    pub enforced: bool,
+    pub detail: String,
+}
+
+/// What this host enforces, as `crownest doctor` prints it.
+#[derive(Debug, Clone)]
+pub struct HostReport {
+    pub cgroup_mode: String,
+    pub bwrap_version: String,
+    pub enforcement: Vec<Enforcement>,
+}
+
+/// The sandbox mechanisms of this host.
+pub struct SandboxHost {
+    pub(crate) cfg: SandboxConfig,
+    pub(crate) layout: Layout,
+    pub(crate) is_root: bool,
+    report: HostReport,
+    pub(crate) uids: Mutex<HashSet<u32>>,
+}
+
+fn bwrap_version(bwrap: &Path) -> Option<String> {
+    let out = std::process::Command::new(bwrap).arg("--version").output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().trim_start_matches("bubblewrap ").to_string())
+}
+
+impl SandboxHost {
+    /// Detect what this host can do and prepare the cells directory.
+    pub fn new(cfg: SandboxConfig) -> Result<Arc<SandboxHost>, String> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&cfg.root)
+            .map_err(|e| format!("cannot create the sandbox directory {}: {e}", cfg.root.display()))?;
+        let _ = std::fs::set_permissions(&cfg.root, std::fs::Permissions::from_mode(0o711));
+        let is_root = rustix::process::geteuid().is_root();
+        let layout = if is_root {
+            cgroup::detect(&cfg.cgroup_mount)
+        } else {
+            Layout { unavailable: Some("not running as root: cgroups cannot be created".into()), ..Layout::default() }
+        };
+        let bwrap = bwrap_version(&cfg.bwrap);
+        let report = Self::build_report(&layout, is_root, bwrap.as_deref());
+        let host = SandboxHost { cfg, layout, is_root, report, uids: Mutex::new(HashSet::new()) };
+        let used: HashSet<u32> = host.all_records().into_iter().map(|r| r.uid).collect();
+        *host.uids.lock().unwrap() = used;
+        Ok(Arc::new(host))
+    }
+
+    fn build_report(layout: &Layout, is_root: bool, bwrap: Option<&str>) -> HostReport {
+        let mut e = Vec::new();
+        let mut add =
+            |name: &str, enforced: bool, detail: String| e.push(Enforcement { name: name.into(), enforced, detail });
+        match bwrap {
+            Some(v) => {
+                add(
+                    "namespaces",
+                    true,
+                    format!("bubblewrap {v}: user, mount, pid, ipc, uts, cgroup namespaces; read-only root"),
+                );
+                add(
+                    "network",
+                    true,
+                    "private network namespace with loopback only, unless a template allows egress".into(),
+                );
+                add("seccomp", true, "deny-list BPF filter on every sandboxed process".into());
+            }
+            None => {
+                add("namespaces", false, "bubblewrap not found: install the `bubblewrap` package".into());
+                add("network", false, "needs bubblewrap".into());
+                add("seccomp", false, "needs bubblewrap".into());
+            }
+        }
+        let why = layout.unavailable.clone().unwrap_or_else(|| "controller not available".into());
+        for limit in ["memory", "pids", "cpu"] {
+            match layout.mechanism(limit) {
+                Some(m) => add(limit, true, m),
+                None => add(limit, false, why.clone()),
+            }
+        }
+        add("kill-tree", true, layout.kill_mechanism());
+        if is_root {
+            add("disk", true, "size-limited tmpfs per workspace".into());
+            add("uid", true, "a separate unprivileged host uid per sandbox".into());
+        } else {
+            add("disk", false, "mounting a size-limited tmpfs needs root".into());
+            add("uid", false, "switching to a per-sandbox uid needs root; sandboxes run as the server's user".into());
+        }
+        add("open-files", true, "RLIMIT_NOFILE".into());
+        HostReport {
+            cgroup_mode: layout.mode().to_string(),
+            bwrap_version: bwrap.unwrap_or("none").to_string(),
+            enforcement: e,
+        }
+    }
+
+    pub fn report(&self) -> &HostReport {
+        &self.report
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.cfg
+    }
+
+    pub(crate) fn owner_dir(&self, owner: &str) -> PathBuf {
+        self.cfg.root.join(owner)
+    }
+
+    fn all_records(&self) -> Vec<CellRecord> {
+        let mut out = Vec::new();
+        let Ok(owners) = std::fs::read_dir(&self.cfg.root) else { return out };
+        for owner in owners.flatten() {
+            let Ok(cells) = std::fs::read_dir(owner.path()) else { continue };
+            for cell in cells.flatten() {
+                if let Ok(rec) = CellRecord::read(&cell.path()) {
+                    out.push(rec);
+                }
+            }
+        }
+        out
+    }
+
+    /// Create a cell for `owner` (the plugin's namespace).
+    pub fn create_cell(
+        self: &Arc<Self>,
+        owner: &str,
+        id: &str,
+        limits: Limits,
+        labels: Vec<(String, String)>,
+    ) -> Result<Cell, CellError> {
+        Cell::create(self.clone(), owner, id, limits, labels)
+    }
+
+    /// Re-open an existing cell.
+    pub fn open_cell(self: &Arc<Self>, owner: &str, id: &str) -> Result<Cell, CellError> {
+        Cell::open(self.clone(), owner, id)
+    }
+
+    /// Ids of `owner`'s cells.
+    pub fn list_cells(&self, owner: &str) -> Vec<String> {
+        let mut ids: Vec<String> = std::fs::read_dir(self.owner_dir(owner))
+            .map(|rd| rd.flatten().filter_map(|e| CellRecord::read(&e.path()).ok()).map(|r| r.id).collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    /// Which of `paths` exist on this host (templates use it to say whether
+    /// they are usable).
+    pub fn probe_paths(&self, paths: &[String]) -> Vec<bool> {
+        paths.iter().map(|p| Path::new(p).exists()).collect()
+    }
+
+    /// Take a free host uid for a new cell.
+    pub(crate) fn allocate_uid(&self, id: &str) -> u32 {
+        let mut used = self.uids.lock().unwrap();
+        let mut h: u32 = 2166136261;
+        for b in id.bytes() {
+            h = (h ^ u32::from(b)).wrapping_mul(16777619);
+        }
+        for i in 0..self.cfg.uid_count {
+            let uid = self.cfg.uid_base + (h.wrapping_add(i) % self.cfg.uid_count);
+            if used.insert(uid) {
+                return uid;
+            }
+        }
+        // Every uid in the range is taken: share one rather than fail.
+        self.cfg.uid_base
+    }
+
+    pub(crate) fn release_uid(&self, uid: u32) {
+        self.uids.lock().unwrap().remove(&uid);
+    }
+}

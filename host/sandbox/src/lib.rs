@@ -1,0 +1,28 @@
+//! Linux sandbox mechanisms for CrowNest's runtime providers.
+//!
+//! Mechanism only: the policy (which mounts, limits and environment a
+//! template gets) comes from the runtime-provider plugin through
+//! `crownest:host/sandbox`. This crate spawns bubblewrap through a tiny jail
+//! helper (cgroups joined, rlimits set, uid dropped, seccomp installed before
+//! bwrap starts), manages cgroups v2/v1, kills whole process trees, and
+//! extracts and exports workspace files safely with `cap-std`.
+
+pub mod bwrap;
+pub mod cell;
+pub mod cgroup;
+pub mod export;
+pub mod extract;
+pub mod host;
+pub mod jail;
+pub mod limits;
+pub mod paths;
+pub mod process;
+pub mod seccomp;
+pub mod spec;
+
+pub use cell::{Cell, CellError, CellRecord, Spawned};
+pub use extract::{Budgets, ExtractError, Report as ExtractReport};
+pub use host::{Enforcement, HostReport, SandboxConfig, SandboxHost};
+pub use limits::Limits;
+pub use process::{ExitStatus, Outcome, ProcessTree};
+pub use spec::{Mount, Network, SpawnSpec};

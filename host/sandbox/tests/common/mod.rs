@@ -1,0 +1,77 @@
+//! Shared setup: a sandbox host in a temp directory using this crate's jail
+//! helper binary, and a spec resembling the `base` template.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use crownest_sandbox::{Cell, Limits, Mount, Network, SandboxConfig, SandboxHost, SpawnSpec};
+use tokio::io::AsyncReadExt;
+
+pub struct Env {
+    pub host: Arc<SandboxHost>,
+    pub root: tempfile::TempDir,
+}
+
+pub fn env() -> Env {
+    let root = tempfile::Builder::new().prefix("crownest-sbx-").tempdir_in("/tmp").unwrap();
+    let mut cfg = SandboxConfig::defaults(env!("CARGO_BIN_EXE_crownest-sandbox-jail").into());
+    cfg.root = root.path().join("cells");
+    Env { host: SandboxHost::new(cfg).unwrap(), root }
+}
+
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn limits() -> Limits {
+    Limits {
+        memory_bytes: Some(256 << 20),
+        pids: Some(64),
+        cpu_millicores: Some(1000),
+        disk_bytes: Some(64 << 20),
+        open_files: Some(256),
+    }
+}
+
+pub fn spec(cmd: &str) -> SpawnSpec {
+    let mut mounts = vec![Mount::RoBind { source: "/usr".into(), target: "/usr".into(), optional: false }];
+    for (t, l) in [("usr/bin", "/bin"), ("usr/sbin", "/sbin"), ("usr/lib", "/lib"), ("usr/lib64", "/lib64")] {
+        mounts.push(Mount::Symlink { target: t.into(), link: l.into() });
+    }
+    mounts.extend([
+        Mount::RoBind { source: "/etc/ld.so.cache".into(), target: "/etc/ld.so.cache".into(), optional: true },
+        Mount::Proc { target: "/proc".into() },
+        Mount::Dev { target: "/dev".into() },
+        Mount::Tmpfs { target: "/tmp".into(), size_bytes: 16 << 20 },
+        Mount::Workspace { target: "/workspace".into() },
+        Mount::File { target: "/etc/passwd".into(), contents: "sandbox:x:1000:1000::/workspace:/bin/sh\n".into() },
+    ]);
+    SpawnSpec {
+        argv: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into()), ("HOME".into(), "/workspace".into())],
+        cwd: "/workspace".into(),
+        mounts,
+        network: Network::None,
+        hostname: "sandbox".into(),
+        open_files: None,
+    }
+}
+
+/// Run `cmd` in `cell`: (exit status, stdout, stderr).
+pub async fn run(cell: &Cell, cmd: &str) -> (crownest_sandbox::Outcome, String, String) {
+    run_spec(cell, &spec(cmd)).await
+}
+
+pub async fn run_spec(cell: &Cell, spec: &SpawnSpec) -> (crownest_sandbox::Outcome, String, String) {
+    let mut s = cell.spawn(spec).unwrap();
+    drop(s.stdin);
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (a, b) = tokio::join!(s.stdout.read_to_end(&mut out), s.stderr.read_to_end(&mut err));
+    a.unwrap();
+    b.unwrap();
+    let o = s.tree.wait().await;
+    (o, String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned())
+}
