@@ -10,9 +10,13 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// (builtin name, crate directory, wasm file name)
-const BUILTINS: &[(&str, &str)] =
-    &[("fs-artifacts", "fs_artifacts"), ("scoped-keys", "scoped_keys"), ("compute-meter", "compute_meter")];
+/// (builtin name = crate directory, wasm file stem)
+const BUILTINS: &[(&str, &str)] = &[
+    ("fs-artifacts", "fs_artifacts"),
+    ("scoped-keys", "scoped_keys"),
+    ("compute-meter", "compute_meter"),
+    ("linux-sandbox", "linux_sandbox"),
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -20,7 +24,7 @@ fn main() {
     let plugins = repo.join("plugins");
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
 
-    for path in ["plugins/Cargo.toml", "plugins/Cargo.lock", "wit"] {
+    for path in ["plugins/Cargo.toml", "plugins/Cargo.lock", "wit", "templates"] {
         println!("cargo:rerun-if-changed={}", repo.join(path).display());
     }
     for (name, _) in BUILTINS {

@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
+use crownest_core::PluginKind;
 use crownest_core::config::Config;
 use crownest_core::kv::SqliteKv;
-use crownest_plugins::{PluginHost, PluginSet};
+use crownest_plugins::{PluginHost, PluginSet, resolve};
+use crownest_sandbox::{SandboxConfig, SandboxHost};
 
 /// Global command-line options.
 pub struct Context {
@@ -42,8 +44,40 @@ impl Context {
         let dir = self.prepare_data_dir(config)?;
         let db = dir.join("crownest.db");
         let kv = SqliteKv::open(&db).with_context(|| format!("cannot open the database {}", db.display()))?;
-        let host = PluginHost::for_config(config, Arc::new(kv)).context("cannot start the plugin engine")?;
+        let mut host = PluginHost::for_config(config, Arc::new(kv)).context("cannot start the plugin engine")?;
+        let wants_sandbox = PluginKind::ALL.into_iter().any(|k| resolve(config, k).is_some_and(|(_, _, g)| g.sandbox));
+        if wants_sandbox {
+            host = host.with_sandbox(sandbox_host(config)?);
+        }
         let set = host.load_all(config).map_err(|e| anyhow::anyhow!("{}", e.message))?;
         Ok((host, set))
     }
+}
+
+/// The sandbox mechanisms for `config`; the jail helper is this executable.
+pub fn sandbox_host(config: &Config) -> Result<Arc<SandboxHost>> {
+    let exe = std::env::current_exe().context("cannot locate the crownest executable (the sandbox helper)")?;
+    let s = &config.sandbox;
+    let root = s.root.clone().unwrap_or_else(|| {
+        if rustix_is_root() {
+            PathBuf::from("/var/lib/crownest-sandboxes")
+        } else {
+            let base = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+            base.join("crownest-sandboxes")
+        }
+    });
+    let cfg = SandboxConfig {
+        root,
+        bwrap: s.bwrap.clone(),
+        helper: exe,
+        cgroup_mount: PathBuf::from("/sys/fs/cgroup"),
+        uid_base: s.uid_base,
+        uid_count: s.uid_count,
+    };
+    SandboxHost::new(cfg).map_err(|e| anyhow::anyhow!(e))
+}
+
+fn rustix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }

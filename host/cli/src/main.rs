@@ -28,11 +28,17 @@ enum Command {
     /// Inspect and test plugins.
     #[command(subcommand)]
     Plugins(commands::plugins::Command),
-    /// Check this host: engine, plugins, storage round trip.
+    /// Check this host: engine, sandbox enforcement, plugins, storage round trip.
     Doctor(commands::doctor::Args),
+    /// Sandbox templates.
+    #[command(subcommand)]
+    Templates(commands::templates::Command),
 }
 
 fn main() -> ExitCode {
+    // The sandbox jail helper is this same executable: handle it before
+    // anything else (no runtime, no logging, no allocation-heavy setup).
+    crownest_sandbox::jail::run_if_invoked();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -54,6 +60,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => commands::serve::run(&ctx, args).await,
             Command::Plugins(cmd) => commands::plugins::run(&ctx, cmd).await,
             Command::Doctor(args) => commands::doctor::run(&ctx, args).await,
+            Command::Templates(cmd) => commands::templates::run(&ctx, cmd).await,
         }
     });
     match result {

@@ -32,6 +32,39 @@ pub struct Config {
     pub engine: EngineConfig,
     #[serde(default)]
     pub plugins: PluginsConfig,
+    #[serde(default)]
+    pub sandbox: SandboxSettings,
+}
+
+/// Host-side settings of the Linux sandbox mechanisms.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxSettings {
+    /// Where sandbox workspaces live. Must be traversable by the sandbox
+    /// uids, so not inside the private data directory. Default:
+    /// `/var/lib/crownest-sandboxes` as root, else a directory in
+    /// `$XDG_RUNTIME_DIR` or `/tmp`.
+    pub root: Option<PathBuf>,
+    /// The bubblewrap executable.
+    pub bwrap: PathBuf,
+    /// First host uid given to sandboxes (one per sandbox, when root).
+    pub uid_base: u32,
+    /// How many uids sandboxes may use.
+    pub uid_count: u32,
+    /// Grace period between SIGTERM and SIGKILL on timeout or cancel.
+    pub kill_grace_ms: u64,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        SandboxSettings {
+            root: None,
+            bwrap: PathBuf::from("/usr/bin/bwrap"),
+            uid_base: 2_000_000,
+            uid_count: 65_536,
+            kill_grace_ms: 5_000,
+        }
+    }
 }
 
 /// Settings of the WebAssembly engine shared by all plugins.
@@ -190,6 +223,9 @@ impl Config {
     fn validate(&self) -> Result<()> {
         if self.engine.call_timeout_ms == 0 {
             bail!("engine.call_timeout_ms must be at least 1");
+        }
+        if self.sandbox.uid_base < 1000 || self.sandbox.uid_count == 0 {
+            bail!("sandbox.uid_base must be at least 1000 and sandbox.uid_count at least 1");
         }
         if self.engine.memory_limit_mib == 0 {
             bail!("engine.memory_limit_mib must be at least 1");

@@ -14,6 +14,8 @@ pub mod host {
             "wasi:io": wasmtime_wasi::p2::bindings::io,
             "crownest:host/types.progress": crate::capabilities::progress::ProgressSink,
             "crownest:host/digest.hasher": crate::capabilities::digest::Hasher,
+            "crownest:host/process.process": crate::capabilities::process::ProcessEntry,
+            "crownest:host/sandbox.cell": crate::capabilities::sandbox::CellEntry,
         },
     });
 }

@@ -123,9 +123,6 @@ pub fn check_imports(
                     kind.config_key()
                 ));
             }
-            return refuse(format!(
-                "imports `{import}`, which this host does not implement yet (the Linux sandbox mechanisms)"
-            ));
         } else if !UNGATED.contains(&iface) && !UNGATED_WASI.iter().any(|p| iface.starts_with(p)) {
             return refuse(format!(
                 "imports `{import}`, which CrowNest does not provide; a plugin may import the \

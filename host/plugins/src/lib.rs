@@ -29,4 +29,4 @@ pub mod streams;
 
 pub use engine::{EngineSettings, PluginEngine};
 pub use loader::{CacheOutcome, LoadedPlugin, PluginHost, PluginInfo, PluginSet};
-pub use source::{PluginSource, builtin_names};
+pub use source::{PluginSource, builtin_names, resolve};

@@ -99,6 +99,7 @@ pub struct PluginHost {
     kv: Arc<dyn KeyValueStore>,
     cache_dir: Option<PathBuf>,
     defaults: EngineConfig,
+    sandbox: Option<Arc<crownest_sandbox::SandboxHost>>,
 }
 
 impl PluginHost {
@@ -121,7 +122,17 @@ impl PluginHost {
         let engine = PluginEngine::new(&EngineSettings::from_config(engine_config, largest_cap_mib))?;
         let mut linker = Linker::new(&engine.engine);
         crate::capabilities::add_to_linker(&mut linker)?;
-        Ok(PluginHost { engine, linker, kv, cache_dir, defaults: engine_config.clone() })
+        Ok(PluginHost { engine, linker, kv, cache_dir, defaults: engine_config.clone(), sandbox: None })
+    }
+
+    /// Offer the Linux sandbox mechanisms to plugins granted `sandbox`.
+    pub fn with_sandbox(mut self, sandbox: Arc<crownest_sandbox::SandboxHost>) -> Self {
+        self.sandbox = Some(sandbox);
+        self
+    }
+
+    pub fn sandbox(&self) -> Option<&Arc<crownest_sandbox::SandboxHost>> {
+        self.sandbox.as_ref()
     }
 
     /// Load every kind the config selects (or has a builtin default for).
@@ -163,6 +174,11 @@ impl PluginHost {
             .instantiate_pre(&component)
             .map_err(|e| load_err(format!("plugin `{name}` cannot be linked against this host: {e:#}")))?;
 
+        if grants.sandbox && self.sandbox.is_none() {
+            return Err(load_err(format!(
+                "plugin `{name}` is granted the sandbox mechanisms, but they are not available in this process"
+            )));
+        }
         if let Some(dir) = &grants.filesystem {
             std::fs::create_dir_all(dir).map_err(|e| {
                 load_err(format!("cannot create the filesystem grant directory {dir} of plugin `{name}`: {e}"))
@@ -179,6 +195,7 @@ impl PluginHost {
             config_json: Arc::new(config_json),
             http: AllowList::new(&grants.http),
             filesystem: grants.filesystem.as_ref().map(PathBuf::from),
+            sandbox: if grants.sandbox { self.sandbox.clone() } else { None },
             memory_limit: usize::try_from(memory_limit_mib * 1024 * 1024).unwrap_or(usize::MAX),
             call_timeout,
         };

@@ -15,6 +15,7 @@ const BUILTINS: &[(&str, PluginKind)] = &[
     ("fs-artifacts", PluginKind::ArtifactStore),
     ("scoped-keys", PluginKind::AuthScoper),
     ("compute-meter", PluginKind::Meter),
+    ("linux-sandbox", PluginKind::RuntimeProvider),
 ];
 
 /// A plugin's origin as written in the config.
@@ -99,6 +100,7 @@ pub fn default_builtin(kind: PluginKind) -> Option<&'static str> {
 fn default_grants(name: &str) -> Grants {
     match name {
         "fs-artifacts" => Grants { filesystem: Some("${data_dir}/artifacts".into()), ..Grants::default() },
+        "linux-sandbox" => Grants { sandbox: true, ..Grants::default() },
         _ => Grants::default(),
     }
 }

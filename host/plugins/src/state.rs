@@ -29,6 +29,8 @@ pub struct PluginEnv {
     pub config_text: Arc<str>,
     pub http: AllowList,
     pub filesystem: Option<std::path::PathBuf>,
+    /// The sandbox mechanisms, when granted.
+    pub sandbox: Option<Arc<crownest_sandbox::SandboxHost>>,
     pub memory_limit: usize,
     pub call_timeout: Duration,
 }

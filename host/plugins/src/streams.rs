@@ -166,3 +166,60 @@ pub fn read_guest_stream(mut store: Store<PluginState>, stream: Resource<DynInpu
     });
     Box::new(ChannelReader::new(rx))
 }
+
+/// Pump a host-owned stream (already taken out of a plugin's table) into a
+/// bounded channel of chunks; a slow consumer slows the producer.
+fn pump(mut stream: DynInputStream) -> mpsc::Receiver<io::Result<Bytes>> {
+    let (tx, rx) = mpsc::channel(DEPTH);
+    tokio::spawn(async move {
+        loop {
+            match stream.read(CHUNK) {
+                Ok(bytes) if bytes.is_empty() => stream.ready().await,
+                Ok(bytes) => {
+                    if tx.send(Ok(bytes)).await.is_err() {
+                        break;
+                    }
+                }
+                Err(StreamError::Closed) => break,
+                Err(e) => {
+                    let _ = tx.send(Err(io::Error::other(format!("stream failed: {e}")))).await;
+                    break;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// An `AsyncRead` over a host-owned `wasi:io` stream.
+pub fn reader_from_stream(stream: DynInputStream) -> ByteStream {
+    Box::new(ChannelReader::new(pump(stream)))
+}
+
+/// A blocking `Read` over a host-owned `wasi:io` stream, for extraction and
+/// file writes on the blocking pool. Create it on the runtime, read it off it.
+pub struct BlockingStreamReader {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    buf: Bytes,
+}
+
+impl BlockingStreamReader {
+    pub fn new(stream: DynInputStream) -> Self {
+        BlockingStreamReader { rx: pump(stream), buf: Bytes::new() }
+    }
+}
+
+impl std::io::Read for BlockingStreamReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.buf.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(bytes)) => self.buf = bytes,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len());
+        out[..n].copy_from_slice(&self.buf.split_to(n));
+        Ok(n)
+    }
+}

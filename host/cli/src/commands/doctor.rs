@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use crownest_core::ports::{ArtifactStore, AuthScoper, Meter, PutRequest};
+use crownest_core::ports::{ArtifactStore, AuthScoper, Meter, PutRequest, RuntimeProvider};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
@@ -29,6 +29,27 @@ pub async fn run(ctx: &Context, _args: Args) -> Result<ExitCode> {
     };
     line(true, "wasm engine", pooling);
     line(true, "compile cache", config.cache_dir().display());
+    if let Some(sbx) = host.sandbox() {
+        let r = sbx.report();
+        line(
+            true,
+            "sandbox",
+            format!(
+                "cgroups {}, bubblewrap {}, workspaces in {}",
+                r.cgroup_mode,
+                r.bwrap_version,
+                sbx.config().root.display()
+            ),
+        );
+        for e in &r.enforcement {
+            if e.enforced {
+                line(true, &format!("  {}", e.name), &e.detail);
+            } else {
+                println!("warn  {:<22} NOT ENFORCED: {}", format!("  {}", e.name), e.detail);
+            }
+        }
+        healthy &= r.bwrap_version != "none";
+    }
 
     match &set.artifact_store {
         Some(store) => {

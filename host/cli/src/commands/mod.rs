@@ -3,3 +3,4 @@
 pub mod doctor;
 pub mod plugins;
 pub mod serve;
+pub mod templates;

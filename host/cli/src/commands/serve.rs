@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use crownest_core::ports::{ArtifactStore, AuthScoper, Meter};
+use crownest_core::ports::{ArtifactStore, AuthScoper, Meter, RuntimeProvider};
 
 use crate::context::Context;
 
@@ -24,6 +24,14 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
         "crownest: wasmtime engine ready (pooling allocator: {})",
         if host.engine.pooling { "on" } else { "off" }
     );
+    if let Some(sbx) = host.sandbox() {
+        let r = sbx.report();
+        eprintln!("crownest: sandbox: cgroups {}, bubblewrap {}", r.cgroup_mode, r.bwrap_version);
+        for e in &r.enforcement {
+            let state = if e.enforced { "enforced" } else { "NOT ENFORCED" };
+            eprintln!("crownest:   {:<11} {state}: {}", e.name, e.detail);
+        }
+    }
     for p in set.infos() {
         eprintln!("crownest: {:<16} {} ({}, sha256 {})", p.kind.name(), p.name, p.source, &p.sha256[..12]);
     }
@@ -32,6 +40,9 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
     }
     if let Some(s) = &set.auth_scoper {
         s.check().await.map_err(|e| anyhow::anyhow!("auth scoper check failed: {}", e.message))?;
+    }
+    if let Some(r) = &set.runtime_provider {
+        r.check().await.map_err(|e| anyhow::anyhow!("runtime provider check failed: {}", e.message))?;
     }
     if let Some(m) = &set.meter {
         m.check().await.map_err(|e| anyhow::anyhow!("meter check failed: {}", e.message))?;

@@ -128,3 +128,13 @@ pub trait RuntimeProvider: Send + Sync {
     async fn list_sandboxes(&self) -> Result<Vec<String>, PluginError>;
     async fn destroy_by_id(&self, id: &str) -> Result<(), PluginError>;
 }
+
+/// SIGTERM the tree, wait up to `grace`, then SIGKILL everything left.
+pub async fn terminate(process: &dyn ProcessHandle, grace: std::time::Duration) -> Outcome {
+    process.signal_tree(15);
+    if let Ok(o) = tokio::time::timeout(grace, process.wait()).await {
+        return o;
+    }
+    process.kill_tree();
+    process.wait().await
+}

@@ -10,14 +10,17 @@ pub mod digest;
 pub mod http;
 pub mod kv;
 pub mod log;
+pub mod process;
 pub mod progress;
+pub mod sandbox;
 
 use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::host::crownest::host as wit;
 use crate::state::PluginState;
 
-/// Add WASI, `wasi:http` and every ungated `crownest:host` interface.
+/// Add WASI, `wasi:http` and every `crownest:host` interface. Gated ones
+/// are linked too; the load-time import check refuses ungranted plugins.
 pub fn add_to_linker(linker: &mut Linker<PluginState>) -> anyhow::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
@@ -26,6 +29,8 @@ pub fn add_to_linker(linker: &mut Linker<PluginState>) -> anyhow::Result<()> {
     wit::config::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
     wit::kv::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
     wit::digest::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
+    wit::process::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
+    wit::sandbox::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
     Ok(())
 }
 

@@ -22,6 +22,21 @@ impl ProgressSink {
         ProgressSink { callback, last: (0, 0) }
     }
 
+    /// A thread-safe reporter with the same monotonic filtering, for work on
+    /// the blocking pool.
+    pub fn callback(&self) -> ProgressCallback {
+        let inner = self.callback.clone();
+        let last = std::sync::Mutex::new(self.last);
+        Arc::new(move |bytes, entries| {
+            let mut l = last.lock().unwrap_or_else(|e| e.into_inner());
+            if bytes < l.0 || entries < l.1 || (bytes, entries) == *l {
+                return;
+            }
+            *l = (bytes, entries);
+            inner(bytes, entries);
+        })
+    }
+
     /// Forward a report unless it goes backwards.
     pub fn report(&mut self, bytes: u64, entries: u64) {
         if bytes < self.last.0 || entries < self.last.1 || (bytes, entries) == self.last {

@@ -1,6 +1,8 @@
 //! Conformance checks for the `runtime-provider` world (the read-only part;
 //! sandbox checks need the host's sandbox mechanisms).
 
+use crownest_core::ports::RuntimeProvider;
+
 use super::{Suite, describe};
 use crate::guard::is_sha256_hex;
 use crate::kinds::WasmRuntimeProvider;

@@ -1,0 +1,246 @@
+//! The default runtime provider end to end: the embedded `linux-sandbox`
+//! plugin (policy) on the host's mechanisms (real bubblewrap, cgroups,
+//! seccomp), driven through core's `RuntimeProvider` port, with the real
+//! `crownest` binary as the jail helper.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crownest_core::config::{Config, Grants, PluginConfig};
+use crownest_core::kv::SqliteKv;
+use crownest_core::ports::{ByteStream, ExecSpec, ExitStatus, RuntimeProvider, Sandbox, SandboxLimits, SandboxSpec};
+use crownest_core::{ErrorKind, PluginKind};
+use crownest_plugins::kinds::WasmRuntimeProvider;
+use crownest_plugins::{PluginHost, PluginSource};
+use crownest_sandbox::{SandboxConfig, SandboxHost};
+use tokio::io::AsyncReadExt;
+
+struct Env {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::Builder::new().prefix("crownest-rt-").tempdir_in("/tmp").unwrap();
+        let root = dir.path().join("cells");
+        Env { _dir: dir, root }
+    }
+
+    /// A fresh host + provider, as after a restart.
+    fn provider(&self, config: &[(&str, toml::Value)]) -> WasmRuntimeProvider {
+        let mut cfg = SandboxConfig::defaults(env!("CARGO_BIN_EXE_crownest").into());
+        cfg.root = self.root.clone();
+        let sbx = SandboxHost::new(cfg).unwrap();
+        let host = PluginHost::for_config(&Config::default(), Arc::new(SqliteKv::in_memory().unwrap()))
+            .unwrap()
+            .with_sandbox(sbx);
+        let mut table = PluginConfig::default();
+        for (k, v) in config {
+            table.config.insert(k.to_string(), v.clone());
+        }
+        let grants = Grants { sandbox: true, ..Grants::default() };
+        let plugin = host
+            .load(PluginKind::RuntimeProvider, PluginSource::Builtin("linux-sandbox".into()), &table, grants)
+            .unwrap();
+        WasmRuntimeProvider::new(plugin).unwrap()
+    }
+}
+
+fn unique(p: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{p}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn spec(template: &str) -> SandboxSpec {
+    SandboxSpec {
+        id: unique("sbx"),
+        template: template.into(),
+        limits: SandboxLimits::default(),
+        env: vec![("RUN_ID".into(), "wsr_test".into())],
+        labels: vec![("run".into(), "wsr_test".into())],
+    }
+}
+
+fn targz(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(enc);
+    for (path, data, mode) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(*mode);
+        h.set_cksum();
+        b.append_data(&mut h, path, *data).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+async fn run(sbx: &dyn Sandbox, cmd: &str) -> (ExitStatus, String, String) {
+    let ex = sbx.exec(&ExecSpec { command: cmd.into(), env: vec![], cwd: "/workspace".into() }).await.unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (mut so, mut se) = (ex.stdout, ex.stderr);
+    let (a, b) = tokio::join!(so.read_to_end(&mut out), se.read_to_end(&mut err));
+    a.unwrap();
+    b.unwrap();
+    let o = ex.process.wait().await;
+    (o.status, String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repo_archive_runs_in_python_node_and_its_outputs_can_be_exported() {
+    let env = Env::new();
+    let p = env.provider(&[]);
+    let sbx = p.create_sandbox(&spec("python-node")).await.unwrap();
+    assert_eq!(sbx.info().template, "python-node");
+    assert_eq!(sbx.info().template_digest.len(), 64);
+    let archive = targz(&[
+        (
+            "main.py",
+            b"import sys\nprint('py', sys.version_info.major)\nopen('out/report.txt','w').write('ok')\n",
+            0o644,
+        ),
+        ("index.js", b"console.log('node', process.version.startsWith('v'))\n", 0o644),
+        ("out/.keep", b"", 0o644),
+    ]);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let report = sbx
+        .extract_archive(
+            Box::new(std::io::Cursor::new(archive)) as ByteStream,
+            "/workspace",
+            Box::new(move |b, e| s2.lock().unwrap().push((b, e))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.entries, 3);
+    assert!(!seen.lock().unwrap().is_empty(), "progress was reported");
+
+    let (status, out, err) = run(sbx.as_ref(), "python3 main.py && node index.js && echo run=$RUN_ID && id -un").await;
+    assert_eq!(status, ExitStatus::Exited(0), "{err}");
+    assert_eq!(out, "py 3\nnode true\nrun=wsr_test\nsandbox\n");
+
+    let (mut file, size) = sbx.open_file("/workspace/out/report.txt", 1024).await.unwrap();
+    let mut text = String::new();
+    file.read_to_string(&mut text).await.unwrap();
+    assert_eq!((text.as_str(), size), ("ok", 2));
+
+    let e = sbx.open_file("/etc/passwd", 1024).await.err().unwrap();
+    assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+    let (_, _, _) = run(sbx.as_ref(), "ln -s /etc/hostname /workspace/leak").await;
+    let e = sbx.open_file("/workspace/leak", 1024).await.err().unwrap();
+    assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+    assert!(e.message.contains("outside"), "{e}");
+
+    let written = sbx.write_file("/workspace/in.txt", Box::new(&b"from host"[..])).await.unwrap();
+    assert_eq!(written, 9);
+    assert_eq!(run(sbx.as_ref(), "cat in.txt").await.1, "from host");
+
+    let (status, _, _) = run(sbx.as_ref(), "exit 7").await;
+    assert_eq!(status, ExitStatus::Exited(7));
+    sbx.destroy().await.unwrap();
+    assert!(!p.list_sandboxes().await.unwrap().contains(&sbx.info().id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_archives_are_refused_naming_the_entry() {
+    let env = Env::new();
+    let p = env.provider(&[]);
+    let sbx = p.create_sandbox(&spec("base")).await.unwrap();
+    // The tar crate refuses to build `..` paths, so write the name raw.
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..12].copy_from_slice(b"../../escape");
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.set_cksum();
+    let mut raw = h.as_bytes().to_vec();
+    raw.extend_from_slice(&[b'x'; 512]);
+    raw.extend_from_slice(&[0; 1024]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &raw).unwrap();
+    let archive = gz.finish().unwrap();
+    let e = sbx
+        .extract_archive(Box::new(std::io::Cursor::new(archive)), "/workspace", Box::new(|_, _| {}))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+    assert!(e.message.contains("`../../escape`") && e.message.contains(".."), "{e}");
+    let e =
+        sbx.extract_archive(Box::new(&b"not gzip at all"[..]), "/workspace", Box::new(|_, _| {})).await.err().unwrap();
+    assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+    assert!(e.message.contains("not a valid .tar.gz"), "{e}");
+    sbx.destroy().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_the_error_variant() {
+    let env = Env::new();
+    let p = env.provider(&[("max_memory_mib", toml::Value::Integer(1024))]);
+    let e = p.create_sandbox(&spec("cobol")).await.err().unwrap();
+    assert_eq!(e.kind, ErrorKind::Invalid);
+    assert!(e.message.contains("unknown template `cobol`") && e.message.contains("python-node"), "{e}");
+    let mut big = spec("base");
+    big.limits.memory_bytes = Some(2048 << 20);
+    let e = p.create_sandbox(&big).await.err().unwrap();
+    assert_eq!(e.kind, ErrorKind::QuotaExceeded);
+    assert!(e.message.contains("memory of 2048 MiB is above this provider's limit of 1024 MiB"), "{e}");
+    let sbx = p.create_sandbox(&spec("base")).await.unwrap();
+    let e = sbx.exec(&ExecSpec { command: "   ".into(), env: vec![], cwd: String::new() }).await.err().unwrap();
+    assert_eq!(e.kind, ErrorKind::Invalid);
+    sbx.destroy().await.unwrap();
+    p.destroy_by_id("never-existed").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_limits_override_template_defaults() {
+    let env = Env::new();
+    let p = env.provider(&[]);
+    let mut s = spec("base");
+    s.limits.open_files = Some(77);
+    s.limits.disk_bytes = Some(8 << 20);
+    let sbx = p.create_sandbox(&s).await.unwrap();
+    assert_eq!(sbx.info().limits.open_files, Some(77));
+    let (_, out, _) = run(sbx.as_ref(), "ulimit -n; df -m /workspace | tail -1 | tr -s ' ' | cut -d' ' -f2").await;
+    assert_eq!(out, "77\n8\n");
+    sbx.destroy().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_terminates_the_whole_tree() {
+    let env = Env::new();
+    let p = env.provider(&[]);
+    let sbx = p.create_sandbox(&spec("base")).await.unwrap();
+    let ex = sbx
+        .exec(&ExecSpec {
+            command: "trap '' TERM; (setsid sleep 1000 &); sleep 1000".into(),
+            env: vec![],
+            cwd: String::new(),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let o = crownest_core::ports::runtime::terminate(ex.process.as_ref(), Duration::from_millis(300)).await;
+    assert_eq!(o.status, ExitStatus::Signaled(9));
+    sbx.destroy().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_host_finds_and_reaps_orphaned_sandboxes() {
+    let env = Env::new();
+    let orphan_id;
+    {
+        let p = env.provider(&[]);
+        let sbx = p.create_sandbox(&spec("base")).await.unwrap();
+        orphan_id = sbx.info().id.clone();
+        // A daemon left running when the "server" goes away.
+        let ex = sbx.exec(&ExecSpec { command: "sleep 1000".into(), env: vec![], cwd: String::new() }).await.unwrap();
+        std::mem::forget(ex);
+    }
+    let p = env.provider(&[]);
+    assert!(p.list_sandboxes().await.unwrap().contains(&orphan_id));
+    let reopened = p.open_sandbox(&orphan_id).await.unwrap();
+    assert_eq!(reopened.info().template, "base");
+    p.destroy_by_id(&orphan_id).await.unwrap();
+    assert!(!p.list_sandboxes().await.unwrap().contains(&orphan_id));
+}
