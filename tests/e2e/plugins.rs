@@ -148,3 +148,52 @@ fn bad_plugin_configurations_are_refused_clearly() {
     let run = failing_config(d, "[plugins.meter]\nsorce = \"builtin:compute-meter\"\n");
     assert!(run.stderr.contains("sorce"), "{}", run.stderr);
 }
+
+#[test]
+fn plugins_check_runs_real_sandboxes_for_the_runtime_provider() {
+    let data = tempfile::tempdir().unwrap();
+    let root = data.path().join("sbx").display().to_string();
+    let env = [("CROWNEST_SANDBOX__ROOT", root.as_str())];
+    let run = crownest(data.path(), &["plugins", "check", "runtime-provider", "builtin:linux-sandbox"], &env);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    for check in ["PASS  create-sandbox", "PASS  exec ", "PASS  extract-hostile-archive", "PASS  destroy"] {
+        assert!(run.stdout.contains(check), "missing {check:?}:\n{}", run.stdout);
+    }
+}
+
+#[test]
+fn templates_list_names_digests_and_usability() {
+    let data = tempfile::tempdir().unwrap();
+    let root = data.path().join("sbx").display().to_string();
+    let env = [("CROWNEST_SANDBOX__ROOT", root.as_str())];
+    let list = json(&crownest(data.path(), &["templates", "list", "--json"], &env));
+    let names: Vec<&str> = list["data"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["base", "node", "python", "python-node"]);
+    for t in list["data"].as_array().unwrap() {
+        assert_eq!(t["digest"].as_str().unwrap().len(), 64);
+        assert_eq!(t["usable"], true, "{t}");
+        assert_eq!(t["networkEgress"], false);
+    }
+
+    // A template whose requirements are missing is listed as unusable, with the reason.
+    let config = data.path().join("crownest.toml");
+    std::fs::write(
+        &config,
+        r#"
+[plugins.runtime_provider.config.templates.fortran]
+name = "fortran"
+description = "needs gfortran"
+compute_units = 2
+network = "none"
+requires = ["/usr/bin/gfortran-does-not-exist"]
+rootfs = { binds = ["/usr"] }
+limits = { memory_mib = 512, pids = 64, cpu_millicores = 500, disk_mib = 256, tmp_mib = 64, open_files = 256, timeout_ms = 60000 }
+"#,
+    )
+    .unwrap();
+    let list =
+        json(&crownest(data.path(), &["--config", config.to_str().unwrap(), "templates", "list", "--json"], &env));
+    let fortran = list["data"].as_array().unwrap().iter().find(|t| t["name"] == "fortran").unwrap();
+    assert_eq!(fortran["usable"], false);
+    assert!(fortran["unusableReason"].as_str().unwrap().contains("/usr/bin/gfortran-does-not-exist"), "{fortran}");
+}

@@ -55,10 +55,17 @@ pub async fn run(ctx: &Context, cmd: Command) -> Result<ExitCode> {
                 }
                 None => toml::Table::new(),
             };
+            let sandbox = if kind == PluginKind::RuntimeProvider {
+                let config = ctx.config()?;
+                Some(crate::context::sandbox_host(&config)?)
+            } else {
+                None
+            };
             let opts = CheckOptions {
                 plugin_config,
                 allow_http,
                 call_timeout: Duration::from_millis(timeout_ms.max(1)),
+                sandbox,
                 ..CheckOptions::default()
             };
             check(kind, file, opts, json).await

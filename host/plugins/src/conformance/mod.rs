@@ -25,7 +25,7 @@ use crate::loader::{LoadedPlugin, PluginHost};
 use crate::source::PluginSource;
 
 /// How to run the suite.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CheckOptions {
     /// The plugin's own config table.
     pub plugin_config: toml::Table,
@@ -35,6 +35,9 @@ pub struct CheckOptions {
     pub call_timeout: Duration,
     /// Memory cap of each instance.
     pub memory_limit_mib: u64,
+    /// Sandbox mechanisms to grant a runtime provider (its sandbox checks
+    /// are skipped, and reported as such, without them).
+    pub sandbox: Option<Arc<crownest_sandbox::SandboxHost>>,
 }
 
 impl Default for CheckOptions {
@@ -44,6 +47,7 @@ impl Default for CheckOptions {
             allow_http: Vec::new(),
             call_timeout: Duration::from_secs(10),
             memory_limit_mib: 256,
+            sandbox: None,
         }
     }
 }
@@ -91,7 +95,7 @@ impl Suite {
         self.checks.push(CheckResult { name: name.to_string(), passed, detail, elapsed });
     }
 
-    fn record(&mut self, name: &str, passed: bool, detail: String) {
+    pub(crate) fn record(&mut self, name: &str, passed: bool, detail: String) {
         self.checks.push(CheckResult { name: name.to_string(), passed, detail, elapsed: Duration::ZERO });
     }
 
@@ -178,7 +182,7 @@ pub async fn run(kind: PluginKind, source: &PluginSource, opts: CheckOptions) ->
         Ok(Typed::Store(p)) => artifact_store::run(&mut suite, p).await,
         Ok(Typed::Scoper(p)) => auth_scoper::run(&mut suite, &p).await,
         Ok(Typed::Meter(p)) => meter::run(&mut suite, &p).await,
-        Ok(Typed::Runtime(p)) => runtime_provider::run(&mut suite, &p).await,
+        Ok(Typed::Runtime(p)) => runtime_provider::run(&mut suite, &p, opts.sandbox.is_some()).await,
     }
     suite.finish_deadline_check();
     report(suite)
@@ -205,11 +209,15 @@ fn load(
         pooling: PoolingMode::Auto,
         cache_dir: None,
     };
-    let host = PluginHost::new(&engine, opts.memory_limit_mib, Arc::new(kv), None)
+    let mut host = PluginHost::new(&engine, opts.memory_limit_mib, Arc::new(kv), None)
         .map_err(|e| format!("cannot start the plugin engine: {e:#}"))?;
+    let sandbox = kind == PluginKind::RuntimeProvider && opts.sandbox.is_some();
+    if let (true, Some(s)) = (sandbox, &opts.sandbox) {
+        host = host.with_sandbox(s.clone());
+    }
     let data = scratch.join("data");
     let grants =
-        Grants { filesystem: Some(data.to_string_lossy().into_owned()), http: opts.allow_http.clone(), sandbox: false };
+        Grants { filesystem: Some(data.to_string_lossy().into_owned()), http: opts.allow_http.clone(), sandbox };
     let table = PluginConfig { config: opts.plugin_config.clone(), ..PluginConfig::default() };
     host.load(kind, source.clone(), &table, grants).map_err(|e| e.message)
 }
