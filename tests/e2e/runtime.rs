@@ -20,6 +20,21 @@ struct Env {
     root: std::path::PathBuf,
 }
 
+impl Drop for Env {
+    /// Reap what a failed test left (mounts and cgroups outlive a panic).
+    fn drop(&mut self) {
+        let mut cfg = SandboxConfig::defaults(env!("CARGO_BIN_EXE_crownest-jail").into());
+        cfg.root = self.root.clone();
+        if let Ok(host) = SandboxHost::new(cfg) {
+            for id in host.list_cells("runtime_provider") {
+                if let Ok(cell) = host.open_cell("runtime_provider", &id) {
+                    let _ = cell.destroy();
+                }
+            }
+        }
+    }
+}
+
 impl Env {
     fn new() -> Env {
         let dir = tempfile::Builder::new().prefix("crownest-rt-").tempdir_in("/tmp").unwrap();
@@ -29,7 +44,7 @@ impl Env {
 
     /// A fresh host + provider, as after a restart.
     fn provider(&self, config: &[(&str, toml::Value)]) -> WasmRuntimeProvider {
-        let mut cfg = SandboxConfig::defaults(env!("CARGO_BIN_EXE_crownest").into());
+        let mut cfg = SandboxConfig::defaults(env!("CARGO_BIN_EXE_crownest-jail").into());
         cfg.root = self.root.clone();
         let sbx = SandboxHost::new(cfg).unwrap();
         let host = PluginHost::for_config(&Config::default(), Arc::new(SqliteKv::in_memory().unwrap()))

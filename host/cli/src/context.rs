@@ -57,6 +57,9 @@ impl Context {
 /// The sandbox mechanisms for `config`; the jail helper is this executable.
 pub fn sandbox_host(config: &Config) -> Result<Arc<SandboxHost>> {
     let exe = std::env::current_exe().context("cannot locate the crownest executable (the sandbox helper)")?;
+    // Prefer the small dedicated helper installed next to us.
+    let small = exe.with_file_name("crownest-jail");
+    let exe = if small.is_file() { small } else { exe };
     let s = &config.sandbox;
     let root = s.root.clone().unwrap_or_else(|| {
         if rustix_is_root() {

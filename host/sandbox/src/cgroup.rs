@@ -298,7 +298,9 @@ impl Cgroup {
             if Instant::now() >= deadline {
                 return false;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            // Exiting processes leave the cgroup within a few hundred
+            // microseconds; poll finely rather than sleep a whole tick.
+            std::thread::sleep(Duration::from_micros(250));
         }
     }
 

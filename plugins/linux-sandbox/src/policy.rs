@@ -135,6 +135,12 @@ pub fn spawn_spec(t: &Template, limits: &Limits, env: &[(String, String)], comma
     for b in &t.rootfs.optional_binds {
         mounts.push(Mount::RoBind(Bind { source: b.clone(), target: b.clone(), optional: true }));
     }
+    if t.egress() {
+        // Certificates only matter to a sandbox that can reach the network.
+        for b in ["/etc/ssl/certs", "/etc/ca-certificates", "/etc/pki"] {
+            mounts.push(Mount::RoBind(Bind { source: b.into(), target: b.into(), optional: true }));
+        }
+    }
     for [target, link] in &t.rootfs.symlinks {
         mounts.push(Mount::Symlink((target.clone(), link.clone())));
     }
@@ -146,7 +152,6 @@ pub fn spawn_spec(t: &Template, limits: &Limits, env: &[(String, String)], comma
     mounts.push(Mount::File(("/etc/passwd".into(), PASSWD.into())));
     mounts.push(Mount::File(("/etc/group".into(), GROUP.into())));
     mounts.push(Mount::File(("/etc/hosts".into(), HOSTS.into())));
-    mounts.push(Mount::File(("/etc/hostname".into(), "sandbox\n".into())));
     let mut vars: Vec<(String, String)> = t.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     for (k, v) in env {
         vars.retain(|(existing, _)| existing != k);

@@ -13,6 +13,18 @@ pub struct Env {
     pub root: tempfile::TempDir,
 }
 
+impl Drop for Env {
+    /// Destroy whatever a test left behind (a panicking test never reaches
+    /// its own `destroy`), so no tmpfs mount or cgroup outlives it.
+    fn drop(&mut self) {
+        for id in self.host.list_cells("test") {
+            if let Ok(cell) = self.host.open_cell("test", &id) {
+                let _ = cell.destroy();
+            }
+        }
+    }
+}
+
 pub fn env() -> Env {
     let root = tempfile::Builder::new().prefix("crownest-sbx-").tempdir_in("/tmp").unwrap();
     let mut cfg = SandboxConfig::defaults(env!("CARGO_BIN_EXE_crownest-sandbox-jail").into());
