@@ -259,3 +259,18 @@ async fn a_restarted_host_finds_and_reaps_orphaned_sandboxes() {
     p.destroy_by_id(&orphan_id).await.unwrap();
     assert!(!p.list_sandboxes().await.unwrap().contains(&orphan_id));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_node_provides_pnpm_when_the_host_has_it() {
+    // scripts/setup installs pnpm; the template binds /usr read-only.
+    if !std::path::Path::new("/usr/bin/pnpm").exists() {
+        panic!("pnpm is missing on this host: run scripts/setup");
+    }
+    let env = Env::new();
+    let p = env.provider(&[]);
+    let sbx = p.create_sandbox(&spec("python-node")).await.unwrap();
+    let (status, out, err) = run(sbx.as_ref(), "pnpm --version").await;
+    assert_eq!(status, ExitStatus::Exited(0), "{err}");
+    assert!(out.trim().starts_with("9."), "{out}");
+    sbx.destroy().await.unwrap();
+}
