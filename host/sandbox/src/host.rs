@@ -123,9 +123,11 @@ impl SandboxHost {
         }
         let why = layout.unavailable.clone().unwrap_or_else(|| "controller not available".into());
         for limit in ["memory", "pids", "cpu"] {
-            match layout.mechanism(limit) {
-                Some(m) => add(limit, true, m),
-                None => add(limit, false, why.clone()),
+            match (layout.mechanism(limit), limit == "pids" && is_root) {
+                (Some(m), true) => add(limit, true, format!("{m}, plus RLIMIT_NPROC on the sandbox's own uid")),
+                (Some(m), false) => add(limit, true, m),
+                (None, true) => add(limit, true, format!("RLIMIT_NPROC on the sandbox's own uid only ({why})")),
+                (None, false) => add(limit, false, why.clone()),
             }
         }
         add("kill-tree", true, layout.kill_mechanism());

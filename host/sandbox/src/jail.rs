@@ -26,6 +26,9 @@ pub struct JailOptions {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub nofile: Option<u32>,
+    /// `RLIMIT_NPROC`: only meaningful with a per-sandbox uid, where it
+    /// counts exactly the sandbox's processes.
+    pub nproc: Option<u32>,
 }
 
 impl JailOptions {
@@ -40,6 +43,9 @@ impl JailOptions {
         }
         if let Some(n) = self.nofile {
             a.extend(["--nofile".into(), n.to_string()]);
+        }
+        if let Some(n) = self.nproc {
+            a.extend(["--nproc".into(), n.to_string()]);
         }
         a.push("--".into());
         a
@@ -75,6 +81,7 @@ pub fn run_if_invoked() {
             "--uid" => opts.uid = Some(num(i + 1)),
             "--gid" => opts.gid = Some(num(i + 1)),
             "--nofile" => opts.nofile = Some(num(i + 1)),
+            "--nproc" => opts.nproc = Some(num(i + 1)),
             other => die(&format!("unknown option {other}")),
         }
         i += 2;
@@ -98,6 +105,10 @@ fn jail(opts: &JailOptions, program: Vec<OsString>) -> ! {
         if let Some(n) = opts.nofile {
             let lim = libc::rlimit { rlim_cur: libc::rlim_t::from(n), rlim_max: libc::rlim_t::from(n) };
             check(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), "setrlimit(NOFILE)");
+        }
+        if let Some(n) = opts.nproc {
+            let lim = libc::rlimit { rlim_cur: libc::rlim_t::from(n), rlim_max: libc::rlim_t::from(n) };
+            check(libc::setrlimit(libc::RLIMIT_NPROC, &lim), "setrlimit(NPROC)");
         }
         let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         check(libc::setrlimit(libc::RLIMIT_CORE, &zero), "setrlimit(CORE)");
