@@ -11,6 +11,7 @@ pub mod error;
 pub mod kv;
 pub mod plugin_kind;
 pub mod ports;
+pub mod runs;
 
 pub use error::{ErrorKind, FaultKind, PluginError};
 pub use plugin_kind::PluginKind;

@@ -1,0 +1,560 @@
+//! The run executor: takes a queued run through sandbox creation, archive
+//! extraction, the command, artifact collection, evidence and cleanup.
+//!
+//! Every path ends in `finish`: the terminal event, the final status and the
+//! Evidence Bundle in one transaction. A failure at any step becomes a
+//! `failed` run with a stable `failureReason`; the sandbox is destroyed
+//! unless the run asked to keep it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::error::{ErrorKind, PluginError};
+use crate::ports::{
+    ArtifactStore, ExecSpec, ExitStatus, Meter, MeterSubject, PutRequest, RuntimeProvider, Sandbox, SandboxLimits,
+    SandboxSpec,
+};
+use crate::runs::evidence::StreamStats;
+use crate::runs::hub::EventHub;
+use crate::runs::ids::{new_id, now_ms};
+use crate::runs::model::{EventType, Run, RunStatus};
+use crate::runs::output::{self, OutputSettings};
+use crate::runs::store::{ArtifactRecord, Finish, Store, Transition};
+
+/// Executor settings.
+#[derive(Debug, Clone)]
+pub struct ExecutorSettings {
+    pub output: OutputSettings,
+    /// SIGTERM → SIGKILL grace on timeout and cancel.
+    pub kill_grace: Duration,
+    /// Largest artifact kept.
+    pub max_artifact_bytes: u64,
+    /// Runs executing at once; more wait in `queued`.
+    pub max_concurrent_runs: usize,
+    /// Name of the artifact store plugin (recorded with each artifact).
+    pub artifact_store_name: String,
+}
+
+impl Default for ExecutorSettings {
+    fn default() -> Self {
+        ExecutorSettings {
+            output: OutputSettings::default(),
+            kill_grace: Duration::from_secs(5),
+            max_artifact_bytes: 1 << 30,
+            max_concurrent_runs: 64,
+            artifact_store_name: "artifact-store".into(),
+        }
+    }
+}
+
+/// The backends a run needs.
+#[derive(Clone)]
+pub struct Backends {
+    pub runtime: Arc<dyn RuntimeProvider>,
+    pub artifacts: Arc<dyn ArtifactStore>,
+    pub meter: Option<Arc<dyn Meter>>,
+}
+
+/// Drives runs. One per server.
+pub struct Executor {
+    store: Store,
+    hub: Arc<EventHub>,
+    backends: Backends,
+    settings: ExecutorSettings,
+    slots: Arc<Semaphore>,
+    cancels: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Sandboxes kept by finished runs, for reuse by `sandboxId`.
+    kept: Mutex<HashMap<String, Arc<dyn Sandbox>>>,
+}
+
+/// How a run ended, before it is written.
+struct Ending {
+    status: RunStatus,
+    exit_code: Option<i32>,
+    reason: Option<&'static str>,
+    message: Option<String>,
+}
+
+impl Ending {
+    fn failed(reason: &'static str, message: impl Into<String>) -> Ending {
+        Ending { status: RunStatus::Failed, exit_code: None, reason: Some(reason), message: Some(message.into()) }
+    }
+}
+
+/// Everything gathered while running, for the evidence.
+#[derive(Default)]
+struct Gathered {
+    streams: Vec<(String, StreamStats)>,
+    extract: Option<Value>,
+    artifact_errors: Vec<Value>,
+    metering: Option<Value>,
+}
+
+fn sandbox_failure(e: &PluginError) -> &'static str {
+    match e.kind {
+        ErrorKind::QuotaExceeded => "quota_exceeded",
+        ErrorKind::Invalid => "invalid_request",
+        _ => "sandbox_error",
+    }
+}
+
+impl Executor {
+    pub fn new(store: Store, hub: Arc<EventHub>, backends: Backends, settings: ExecutorSettings) -> Arc<Executor> {
+        let slots = Arc::new(Semaphore::new(settings.max_concurrent_runs.max(1)));
+        Arc::new(Executor { store, hub, backends, settings, slots, cancels: Mutex::default(), kept: Mutex::default() })
+    }
+
+    pub fn hub(&self) -> &Arc<EventHub> {
+        &self.hub
+    }
+
+    async fn event(&self, run_id: &str, kind: EventType, data: Value) {
+        match self.store.append_events(run_id.to_string(), vec![(kind, data)]).await {
+            Ok(evs) => {
+                if let Some(e) = evs.last() {
+                    self.hub.notify(run_id, e.seq);
+                }
+            }
+            Err(e) => tracing::error!(run_id, "cannot store event: {e}"),
+        }
+    }
+
+    fn cancel_signal(&self, run_id: &str) -> Arc<Notify> {
+        self.cancels.lock().unwrap_or_else(|e| e.into_inner()).entry(run_id.to_string()).or_default().clone()
+    }
+
+    /// Start executing a queued run in the background.
+    pub fn spawn(self: &Arc<Self>, run_id: String) {
+        let this = self.clone();
+        let cancel = self.cancel_signal(&run_id);
+        tokio::spawn(async move {
+            let _slot = this.slots.clone().acquire_owned().await;
+            this.execute(&run_id, cancel).await;
+            this.cancels.lock().unwrap_or_else(|e| e.into_inner()).remove(&run_id);
+        });
+    }
+
+    /// Ask a run to stop; a run not executing yet is finished right here.
+    pub async fn cancel(&self, run: &Run) {
+        let executing = self.cancels.lock().unwrap_or_else(|e| e.into_inner()).get(&run.id).cloned();
+        match executing {
+            // notify_one keeps a permit, so a cancel racing the executor's
+            // first check is not lost.
+            Some(n) => n.notify_one(),
+            None if !run.status.is_terminal() => {
+                let ending = Ending {
+                    status: RunStatus::Canceled,
+                    exit_code: None,
+                    reason: Some("canceled"),
+                    message: Some("canceled before it ran".into()),
+                };
+                self.finish(run, ending, Gathered::default()).await;
+            }
+            None => {}
+        }
+    }
+
+    async fn finish(&self, run: &Run, e: Ending, g: Gathered) {
+        let f = Finish {
+            status: e.status,
+            exit_code: e.exit_code,
+            failure_reason: e.reason.map(String::from),
+            failure_message: e.message,
+            streams: g.streams,
+            extract: g.extract,
+            metering: g.metering,
+            artifact_errors: g.artifact_errors,
+        };
+        match self.store.finish_run(run.id.clone(), f).await {
+            Ok(Some((terminal, _))) => {
+                self.hub.notify(&run.id, terminal.seq);
+                tracing::info!(run_id = %run.id, status = %e.status, "run finished");
+            }
+            Ok(None) => {}
+            Err(err) => tracing::error!(run_id = %run.id, "cannot finish run: {err}"),
+        }
+        self.hub.close(&run.id);
+    }
+
+    async fn execute(&self, run_id: &str, cancel: Arc<Notify>) {
+        let run = match self.store.get_run(run_id.to_string()).await {
+            Ok(r) => r,
+            Err(e) => return tracing::error!(run_id, "cannot load run: {e}"),
+        };
+        if run.status != RunStatus::Queued {
+            return;
+        }
+        let mut g = Gathered::default();
+        let (sandbox, reused) = match self.sandbox_for(&run).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.event(run_id, EventType::Error, json!({"code": sandbox_failure(&e), "message": e.message})).await;
+                return self.finish(&run, Ending::failed(sandbox_failure(&e), e.message), g).await;
+            }
+        };
+        let info = sandbox.info().clone();
+        let started = Instant::now();
+        let admission = self.admit(&run, &info).await;
+        let run = match self
+            .store
+            .transition(
+                run_id.to_string(),
+                Transition::Running { sandbox_id: info.id.clone(), template_digest: info.template_digest.clone() },
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(run_id, "cannot mark running: {e}");
+                return self.cleanup(&run, sandbox, reused).await;
+            }
+        };
+        self.event(run_id, EventType::Status, json!({"status": "running", "sandboxId": info.id, "template": info.template, "templateDigest": info.template_digest})).await;
+
+        let ending = self.run_in(&run, sandbox.as_ref(), reused, &cancel, &mut g).await;
+        self.collect_artifacts(&run, sandbox.as_ref(), &mut g).await;
+        g.metering = self.settle(&run, &info, admission, started.elapsed()).await;
+        self.finish(&run, ending, g).await;
+        self.cleanup(&run, sandbox, reused).await;
+    }
+
+    /// The sandbox to run in: a kept one by id, or a new one.
+    async fn sandbox_for(&self, run: &Run) -> Result<(Arc<dyn Sandbox>, bool), PluginError> {
+        if let Some(id) = &run.spec.sandbox_id {
+            let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+            let sandbox: Arc<dyn Sandbox> = match kept {
+                Some(s) => s,
+                None => Arc::from(self.backends.runtime.open_sandbox(id).await?),
+            };
+            return Ok((sandbox, true));
+        }
+        let spec = SandboxSpec {
+            id: format!("sbx_{}", run.id.trim_start_matches("wsr_")),
+            template: run.spec.template.clone(),
+            limits: SandboxLimits { timeout_ms: run.spec.timeout_ms, ..SandboxLimits::default() },
+            env: vec![("CROWNEST_RUN_ID".into(), run.id.clone())],
+            labels: vec![("crownest.run".into(), run.id.clone()), ("crownest.project".into(), run.project_id.clone())],
+        };
+        Ok((Arc::from(self.backends.runtime.create_sandbox(&spec).await?), false))
+    }
+
+    async fn run_in(
+        &self,
+        run: &Run,
+        sandbox: &dyn Sandbox,
+        reused: bool,
+        cancel: &Notify,
+        g: &mut Gathered,
+    ) -> Ending {
+        let run_id = run.id.as_str();
+        let Some(archive) = &run.archive else { return Ending::failed("archive_missing", "the run has no archive") };
+        // A reused sandbox keeps its workspace; the archive goes on top.
+        let _ = reused;
+        let stream = match self.backends.artifacts.get(&archive.locator).await {
+            Ok(s) => s,
+            Err(e) => return Ending::failed("archive_unavailable", format!("cannot read the stored archive: {e}")),
+        };
+        let store = self.store.clone();
+        let hub = self.hub.clone();
+        let id = run_id.to_string();
+        let total = archive.size_bytes;
+        // Progress events at most every 250 ms (plus the final report).
+        let last = Arc::new(Mutex::new(Instant::now() - Duration::from_secs(1)));
+        let progress = Box::new(move |bytes: u64, entries: u64| {
+            let mut l = last.lock().unwrap_or_else(|e| e.into_inner());
+            if l.elapsed() < Duration::from_millis(250) {
+                return;
+            }
+            *l = Instant::now();
+            let (store, hub, id) = (store.clone(), hub.clone(), id.clone());
+            tokio::spawn(async move {
+                let data = json!({"contentBytes": bytes, "entries": entries, "archiveBytes": total});
+                if let Ok(evs) = store.append_events(id.clone(), vec![(EventType::ArchiveProgress, data)]).await {
+                    if let Some(e) = evs.last() {
+                        hub.notify(&id, e.seq);
+                    }
+                }
+            });
+        });
+        let report = tokio::select! {
+            r = sandbox.extract_archive(stream, "/workspace", progress) => r,
+            _ = cancel.notified() => return Ending { status: RunStatus::Canceled, exit_code: None, reason: Some("canceled"), message: Some("canceled during archive extraction".into()) },
+        };
+        match report {
+            Ok(r) => {
+                let data = json!({"contentBytes": r.content_bytes, "entries": r.entries, "archiveBytes": r.archive_bytes, "done": true});
+                g.extract = Some(data.clone());
+                self.event(run_id, EventType::ArchiveProgress, data).await;
+            }
+            Err(e) => {
+                let reason = if e.kind == ErrorKind::Invalid { "archive_invalid" } else { "archive_extraction_failed" };
+                self.event(run_id, EventType::Error, json!({"code": reason, "message": e.message})).await;
+                return Ending::failed(reason, e.message);
+            }
+        }
+
+        let exec = ExecSpec { command: run.spec.command.clone(), env: vec![], cwd: "/workspace".into() };
+        let execution = match sandbox.exec(&exec).await {
+            Ok(x) => x,
+            Err(e) => {
+                self.event(run_id, EventType::Error, json!({"code": "exec_failed", "message": e.message})).await;
+                return Ending::failed("exec_failed", e.message);
+            }
+        };
+        let out = tokio::spawn(output::capture(
+            self.store.clone(),
+            self.hub.clone(),
+            run.id.clone(),
+            EventType::Stdout,
+            execution.stdout,
+            self.settings.output,
+        ));
+        let err = tokio::spawn(output::capture(
+            self.store.clone(),
+            self.hub.clone(),
+            run.id.clone(),
+            EventType::Stderr,
+            execution.stderr,
+            self.settings.output,
+        ));
+        let process = execution.process;
+        let timeout = run.spec.timeout_ms.or(sandbox.info().limits.timeout_ms).map(Duration::from_millis);
+        let sleep = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        enum Why {
+            Exited(crate::ports::Outcome),
+            Timeout,
+            Canceled,
+        }
+        let why = tokio::select! {
+            o = process.wait() => Why::Exited(o),
+            _ = sleep => Why::Timeout,
+            _ = cancel.notified() => Why::Canceled,
+        };
+        let outcome = match why {
+            Why::Exited(o) => o,
+            Why::Timeout | Why::Canceled => {
+                crate::ports::runtime::terminate(process.as_ref(), self.settings.kill_grace).await
+            }
+        };
+        // The tree is gone, so the pipes close; bound the wait anyway.
+        for (name, task) in [("stdout", out), ("stderr", err)] {
+            match tokio::time::timeout(Duration::from_secs(30), task).await {
+                Ok(Ok(Ok(stats))) => g.streams.push((name.to_string(), stats)),
+                Ok(Ok(Err(e))) => tracing::error!(run_id, "capturing {name} failed: {e}"),
+                Ok(Err(e)) => tracing::error!(run_id, "capturing {name} panicked: {e}"),
+                Err(_) => tracing::error!(run_id, "{name} did not close 30 s after the process ended"),
+            }
+        }
+        match why {
+            Why::Timeout => Ending {
+                status: RunStatus::Failed,
+                exit_code: None,
+                reason: Some("timeout"),
+                message: Some(format!(
+                    "the command ran longer than {} ms and was stopped",
+                    timeout.map(|t| t.as_millis()).unwrap_or(0)
+                )),
+            },
+            Why::Canceled => Ending {
+                status: RunStatus::Canceled,
+                exit_code: None,
+                reason: Some("canceled"),
+                message: Some("canceled while running".into()),
+            },
+            Why::Exited(_) => match outcome.status {
+                ExitStatus::Exited(0) => {
+                    Ending { status: RunStatus::Succeeded, exit_code: Some(0), reason: None, message: None }
+                }
+                ExitStatus::Exited(c) => Ending {
+                    status: RunStatus::Failed,
+                    exit_code: Some(i32::from(c)),
+                    reason: Some("exit_code"),
+                    message: Some(format!("the command exited with code {c}")),
+                },
+                ExitStatus::Signaled(s) if outcome.oom_killed => Ending {
+                    status: RunStatus::Failed,
+                    exit_code: Some(128 + i32::from(s)),
+                    reason: Some("out_of_memory"),
+                    message: Some("the command was killed for exceeding its memory limit".into()),
+                },
+                ExitStatus::Signaled(s) => Ending {
+                    status: RunStatus::Failed,
+                    exit_code: Some(128 + i32::from(s)),
+                    reason: Some("signal"),
+                    message: Some(format!("the command was killed by signal {s}")),
+                },
+            },
+        }
+    }
+
+    /// Keep each declared file: one failing never loses the others.
+    async fn collect_artifacts(&self, run: &Run, sandbox: &dyn Sandbox, g: &mut Gathered) {
+        for spec in &run.spec.artifacts {
+            match self.collect_one(run, sandbox, &spec.path, &spec.name).await {
+                Ok(a) => {
+                    let data = json!({"artifactId": a.id, "name": a.name, "path": a.path, "sizeBytes": a.size, "sha256": a.sha256});
+                    self.event(&run.id, EventType::ArtifactCollected, data).await;
+                }
+                Err((code, message)) => {
+                    let data = json!({"name": spec.name, "path": spec.path, "code": code, "message": message});
+                    g.artifact_errors.push(data.clone());
+                    self.event(&run.id, EventType::ArtifactError, data).await;
+                }
+            }
+        }
+    }
+
+    async fn collect_one(
+        &self,
+        run: &Run,
+        sandbox: &dyn Sandbox,
+        path: &str,
+        name: &str,
+    ) -> Result<ArtifactRecord, (String, String)> {
+        let code = |e: &PluginError| match e.kind {
+            ErrorKind::NotFound => "artifact_not_found".to_string(),
+            ErrorKind::Invalid => "artifact_invalid".to_string(),
+            ErrorKind::Unavailable => "artifact_store_unavailable".to_string(),
+            _ => "artifact_error".to_string(),
+        };
+        let max = self.settings.max_artifact_bytes;
+        // First pass: size and sha256 (stores want them before the body).
+        let (mut reader, size) = sandbox.open_file(path, max).await.map_err(|e| (code(&e), e.message.clone()))?;
+        let mut sha = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut seen = 0u64;
+        loop {
+            let n = reader.read(&mut buf).await.map_err(|e| ("artifact_error".to_string(), e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            seen += n as u64;
+            sha.update(&buf[..n]);
+        }
+        if seen != size {
+            return Err(("artifact_changed".into(), format!("`{path}` changed while it was read")));
+        }
+        let sha256 = hex::encode(sha.finalize());
+        let (body, _) = sandbox.open_file(path, max).await.map_err(|e| (code(&e), e.message.clone()))?;
+        let id = new_id("art");
+        let req = PutRequest {
+            key: format!("artifacts/{}/{}", run.id, id),
+            size,
+            sha256: sha256.clone(),
+            content_type: None,
+            metadata: vec![("name".into(), name.into()), ("run".into(), run.id.clone())],
+        };
+        let info = self.backends.artifacts.put(req, body).await.map_err(|e| (code(&e), e.message.clone()))?;
+        let record = ArtifactRecord {
+            id,
+            run_id: run.id.clone(),
+            project_id: run.project_id.clone(),
+            name: name.into(),
+            path: path.into(),
+            size,
+            sha256,
+            store: self.settings.artifact_store_name.clone(),
+            locator: info.locator,
+            created_at_ms: now_ms(),
+        };
+        self.store.insert_artifact(record.clone()).await.map_err(|e| ("artifact_error".to_string(), e.to_string()))?;
+        Ok(record)
+    }
+
+    async fn admit(&self, run: &Run, info: &crate::ports::SandboxInfo) -> Option<crate::ports::Admission> {
+        let meter = self.backends.meter.as_ref()?;
+        let subject = self.subject(run, info);
+        match meter.admit(&subject).await {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::warn!(run_id = %run.id, "meter refused or failed; the run is not metered: {e}");
+                None
+            }
+        }
+    }
+
+    fn subject(&self, run: &Run, info: &crate::ports::SandboxInfo) -> MeterSubject {
+        MeterSubject {
+            sandbox_id: info.id.clone(),
+            org_id: run.org_id.clone(),
+            project_id: run.project_id.clone(),
+            template: info.template.clone(),
+            compute_units: info.compute_units,
+            started_at_ms: now_ms(),
+            active_sandboxes: 0,
+        }
+    }
+
+    async fn settle(
+        &self,
+        run: &Run,
+        info: &crate::ports::SandboxInfo,
+        admission: Option<crate::ports::Admission>,
+        lived: Duration,
+    ) -> Option<Value> {
+        let (meter, admission) = (self.backends.meter.as_ref()?, admission?);
+        let secs = lived.as_secs() + u64::from(lived.subsec_nanos() > 0);
+        let subject = self.subject(run, info);
+        match meter.settle(&subject, &admission, secs).await {
+            Ok(u) => Some(json!({
+                "computeUnitSeconds": u.compute_unit_seconds,
+                "pricingVersion": u.pricing_version,
+                "bucket": u.bucket,
+                "amountMicroUsd": u.amount_micro_usd,
+            })),
+            Err(e) => {
+                tracing::warn!(run_id = %run.id, "meter settle failed: {e}");
+                None
+            }
+        }
+    }
+
+    async fn cleanup(&self, run: &Run, sandbox: Arc<dyn Sandbox>, _reused: bool) {
+        if run.spec.keep_sandbox {
+            self.kept.lock().unwrap_or_else(|e| e.into_inner()).insert(sandbox.info().id.clone(), sandbox);
+            return;
+        }
+        if let Err(e) = sandbox.destroy().await {
+            tracing::warn!(run_id = %run.id, "destroying the sandbox failed (the reaper will retry): {e}");
+        }
+    }
+
+    /// After a restart: fail every run that was active, then reap every
+    /// sandbox no kept run owns.
+    pub async fn recover(&self) -> anyhow::Result<usize> {
+        let kept = self.store.kept_sandboxes().await?;
+        let active = self.store.active_runs().await?;
+        for run in &active {
+            self.event(&run.id, EventType::Error, json!({"code": "host_restarted", "message": "the server restarted while this run was active; its result is unknown"})).await;
+            let ending = Ending::failed(
+                "host_restarted",
+                "the server restarted while this run was active; its result is unknown",
+            );
+            self.finish(run, ending, Gathered::default()).await;
+        }
+        match self.backends.runtime.list_sandboxes().await {
+            Ok(ids) => {
+                for id in ids.into_iter().filter(|id| !kept.contains(id)) {
+                    if let Err(e) = self.backends.runtime.destroy_by_id(&id).await {
+                        tracing::warn!(sandbox_id = %id, "cannot reap orphaned sandbox: {e}");
+                    } else {
+                        tracing::info!(sandbox_id = %id, "reaped orphaned sandbox");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("cannot list sandboxes to reap: {e}"),
+        }
+        Ok(active.len())
+    }
+}

@@ -1,0 +1,176 @@
+//! Output capture: a command's stdout and stderr become `stdout`/`stderr`
+//! events.
+//!
+//! Bytes are coalesced (up to `chunk_bytes`, or whatever arrived within
+//! `flush_interval`), appended to the run's output log file, made durable
+//! (`fdatasync`), and only then recorded as an event holding the chunk's
+//! offset, length and sha256. Each stream keeps at most `cap_bytes`; past
+//! the cap one event says so (`truncated: true`) and the rest is still
+//! counted and hashed for the evidence, never silently lost.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+use crate::ports::ByteStream;
+use crate::runs::evidence::StreamStats;
+use crate::runs::hub::EventHub;
+use crate::runs::model::EventType;
+use crate::runs::store::Store;
+
+/// Output settings.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputSettings {
+    pub cap_bytes: u64,
+    pub chunk_bytes: usize,
+    pub flush_interval: Duration,
+}
+
+impl Default for OutputSettings {
+    fn default() -> Self {
+        OutputSettings { cap_bytes: 16 << 20, chunk_bytes: 1 << 20, flush_interval: Duration::from_millis(50) }
+    }
+}
+
+/// Where a run's output logs live.
+pub fn log_path(data_dir: &Path, run_id: &str, stream: &str) -> PathBuf {
+    data_dir.join("runs").join(run_id).join(format!("{stream}.log"))
+}
+
+/// Read `len` bytes at `offset` of a run's output log.
+pub fn read_chunk(data_dir: &Path, run_id: &str, stream: &str, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(log_path(data_dir, run_id, stream))?;
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact_at(&mut buf, offset)?;
+    Ok(buf)
+}
+
+struct Sink {
+    store: Store,
+    hub: Arc<EventHub>,
+    run_id: String,
+    kind: EventType,
+    file: Option<std::fs::File>,
+    path: PathBuf,
+    stats: StreamStats,
+    hasher: Sha256,
+    cap: u64,
+    cap_announced: bool,
+}
+
+impl Sink {
+    async fn flush(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.hasher.update(chunk);
+        self.stats.bytes += chunk.len() as u64;
+        let room = self.cap.saturating_sub(self.stats.stored_bytes) as usize;
+        let keep = &chunk[..chunk.len().min(room)];
+        let mut events = Vec::new();
+        if !keep.is_empty() {
+            let offset = self.stats.stored_bytes;
+            if self.file.is_none() {
+                if let Some(dir) = self.path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                self.file = Some(std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?);
+            }
+            let file = self.file.as_mut().expect("opened above");
+            file.write_all(keep)?;
+            let f = file.try_clone()?;
+            tokio::task::spawn_blocking(move || f.sync_data()).await.map_err(std::io::Error::other)??;
+            self.stats.stored_bytes += keep.len() as u64;
+            events.push((
+                self.kind,
+                json!({ "offset": offset, "bytes": keep.len(), "sha256": hex::encode(Sha256::digest(keep)) }),
+            ));
+        }
+        if keep.len() < chunk.len() && !self.cap_announced {
+            self.cap_announced = true;
+            self.stats.truncated = true;
+            events.push((
+                self.kind,
+                json!({
+                    "offset": self.stats.stored_bytes, "bytes": 0, "truncated": true, "capBytes": self.cap,
+                    "message": format!(
+                        "{} reached the {}-byte cap: further output is counted and hashed for the evidence but not stored",
+                        self.kind.as_str(), self.cap
+                    ),
+                }),
+            ));
+        }
+        if !events.is_empty() {
+            let stored = self.store.append_events(self.run_id.clone(), events).await.map_err(std::io::Error::other)?;
+            if let Some(last) = stored.last() {
+                self.hub.notify(&self.run_id, last.seq);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Capture one stream until end-of-file; returns its totals.
+pub async fn capture(
+    store: Store,
+    hub: Arc<EventHub>,
+    run_id: String,
+    kind: EventType,
+    mut reader: ByteStream,
+    settings: OutputSettings,
+) -> std::io::Result<StreamStats> {
+    let stream = kind.as_str();
+    let path = log_path(store.dir(), &run_id, stream);
+    let mut sink = Sink {
+        store,
+        hub,
+        run_id,
+        kind,
+        file: None,
+        path,
+        stats: StreamStats::default(),
+        hasher: Sha256::new(),
+        cap: settings.cap_bytes,
+        cap_announced: false,
+    };
+    let mut buf = vec![0u8; settings.chunk_bytes];
+    let mut filled = 0usize;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let flush_due = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            n = reader.read(&mut buf[filled..]) => {
+                let n = n?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+                deadline.get_or_insert_with(|| tokio::time::Instant::now() + settings.flush_interval);
+                if filled == buf.len() {
+                    sink.flush(&buf[..filled]).await?;
+                    filled = 0;
+                    deadline = None;
+                }
+            }
+            _ = flush_due => {
+                sink.flush(&buf[..filled]).await?;
+                filled = 0;
+                deadline = None;
+            }
+        }
+    }
+    sink.flush(&buf[..filled]).await?;
+    sink.stats.sha256 = hex::encode(sink.hasher.finalize());
+    Ok(sink.stats)
+}

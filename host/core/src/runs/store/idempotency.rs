@@ -1,0 +1,91 @@
+//! Idempotency keys, scoped per project and endpoint. Same key and same
+//! request: the stored response. Same key, different request: refused. A
+//! duplicate while the first is still in flight: refused as a conflict.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Result, Store};
+use crate::runs::ids::now_ms;
+
+/// A response kept for replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// What to do with a request carrying an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyBegin {
+    /// First time: go ahead, then `idempotency_finish`.
+    Proceed,
+    /// Seen with the same request: replay this.
+    Replay(StoredResponse),
+    /// Seen with a different request.
+    Mismatch,
+    /// The first request with this key has not finished yet.
+    InFlight,
+}
+
+impl Store {
+    pub async fn idempotency_begin(
+        &self,
+        project: String,
+        endpoint: String,
+        key: String,
+        hash: String,
+    ) -> Result<IdempotencyBegin> {
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            let row: Option<(String, String, Option<i64>, Option<Vec<u8>>)> = tx
+                .query_row(
+                    "SELECT request_hash, state, status_code, body FROM idempotency WHERE project_id = ?1 AND endpoint = ?2 AND key = ?3",
+                    params![project, endpoint, key],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?;
+            let out = match row {
+                None => {
+                    tx.execute(
+                        "INSERT INTO idempotency (project_id, endpoint, key, request_hash, state, created_at) VALUES (?1, ?2, ?3, ?4, 'in_flight', ?5)",
+                        params![project, endpoint, key, hash, now_ms() as i64],
+                    )?;
+                    IdempotencyBegin::Proceed
+                }
+                Some((h, _, _, _)) if h != hash => IdempotencyBegin::Mismatch,
+                Some((_, state, _, _)) if state == "in_flight" => IdempotencyBegin::InFlight,
+                Some((_, _, status, body)) => IdempotencyBegin::Replay(StoredResponse {
+                    status: status.unwrap_or(200) as u16,
+                    body: body.unwrap_or_default(),
+                }),
+            };
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Keep the response (or, with `None`, forget the key so it can be retried).
+    pub async fn idempotency_finish(
+        &self,
+        project: String,
+        endpoint: String,
+        key: String,
+        response: Option<StoredResponse>,
+    ) -> Result<()> {
+        self.with(move |conn| {
+            match response {
+                Some(r) => conn.execute(
+                    "UPDATE idempotency SET state = 'done', status_code = ?4, body = ?5 WHERE project_id = ?1 AND endpoint = ?2 AND key = ?3",
+                    params![project, endpoint, key, r.status as i64, r.body],
+                )?,
+                None => conn.execute(
+                    "DELETE FROM idempotency WHERE project_id = ?1 AND endpoint = ?2 AND key = ?3",
+                    params![project, endpoint, key],
+                )?,
+            };
+            Ok(())
+        })
+        .await
+    }
+}
