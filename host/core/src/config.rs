@@ -34,6 +34,48 @@ pub struct Config {
     pub plugins: PluginsConfig,
     #[serde(default)]
     pub sandbox: SandboxSettings,
+    #[serde(default)]
+    pub runs: RunSettings,
+}
+
+/// Limits and tuning of Workspace Runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSettings {
+    /// Largest archive accepted in one direct upload request.
+    pub direct_upload_max_bytes: u64,
+    /// Largest archive accepted through a staged transfer.
+    pub staged_upload_max_bytes: u64,
+    /// Default part size of staged transfers.
+    pub part_size_bytes: u64,
+    /// Output kept per stream (stdout, stderr) per run.
+    pub output_cap_bytes: u64,
+    /// Largest artifact kept.
+    pub max_artifact_bytes: u64,
+    /// Runs executing at once; more wait queued.
+    pub max_concurrent_runs: usize,
+    /// Longest command timeout a run may ask for.
+    pub max_timeout_ms: u64,
+    /// SSE heartbeat interval.
+    pub heartbeat_secs: u64,
+    /// Longest time output waits before it becomes an event.
+    pub output_flush_ms: u64,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        RunSettings {
+            direct_upload_max_bytes: 8 << 20,
+            staged_upload_max_bytes: 1 << 30,
+            part_size_bytes: 8 << 20,
+            output_cap_bytes: 16 << 20,
+            max_artifact_bytes: 1 << 30,
+            max_concurrent_runs: 64,
+            max_timeout_ms: 24 * 3600 * 1000,
+            heartbeat_secs: 15,
+            output_flush_ms: 50,
+        }
+    }
 }
 
 /// Host-side settings of the Linux sandbox mechanisms.

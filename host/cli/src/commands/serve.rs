@@ -1,29 +1,62 @@
-//! `crownest serve`: load the configured plugins, verify them, and run until
-//! stopped.
+//! `crownest serve`: the server. Loads and checks the plugins, opens the
+//! store (creating org `default`, project `default`, an admin token and an API
+//! key on first start), fails and reaps whatever a previous process left
+//! active, and serves the API until stopped.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use crownest_core::ports::{ArtifactStore, AuthScoper, Meter, RuntimeProvider};
+use crownest_core::runs::Store;
+use crownest_core::runs::executor::{Backends, Executor, ExecutorSettings};
+use crownest_core::runs::hub::EventHub;
+use crownest_core::runs::output::OutputSettings;
+use crownest_server::{AppState, Limits};
 
 use crate::context::Context;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Address to listen on (overrides `listen` in the config).
+    /// Address to listen on (overrides `listen` in the config; default 127.0.0.1:7878).
     #[arg(long)]
     listen: Option<String>,
+}
+
+/// Credentials written on first start, for the CLI and for people.
+fn write_credentials(dir: &std::path::Path, b: &crownest_core::runs::store::Bootstrap) -> Result<std::path::PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("credentials.json");
+    let body = serde_json::json!({
+        "apiKey": b.api_key, "adminToken": b.admin_token, "orgId": b.org_id, "projectId": b.project_id,
+    });
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(serde_json::to_string_pretty(&body)?.as_bytes())?;
+    f.sync_all()?;
+    Ok(path)
 }
 
 pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
     let config = ctx.config()?;
     let listen = args.listen.or(config.listen.clone()).unwrap_or_else(|| "127.0.0.1:7878".into());
+    let data_dir = ctx.prepare_data_dir(&config)?;
+    let store = Store::open(&data_dir).context("cannot open the database")?;
+    if let Some(b) = store.bootstrap().context("cannot initialize the database")? {
+        let path = write_credentials(&data_dir, &b)?;
+        eprintln!("crownest: first start: created org `default`, project `default` and an API key.");
+        eprintln!("crownest: API key (shown once; also in {}, mode 0600):", path.display());
+        println!("{}", b.api_key);
+    }
+
     let (host, set) = ctx.load_plugins(&config)?;
-    eprintln!("crownest: data directory {}", config.data_dir().display());
-    eprintln!(
-        "crownest: wasmtime engine ready (pooling allocator: {})",
-        if host.engine.pooling { "on" } else { "off" }
-    );
+    eprintln!("crownest: data directory {}", data_dir.display());
     if let Some(sbx) = host.sandbox() {
         let r = sbx.report();
         eprintln!("crownest: sandbox: cgroups {}, bubblewrap {}", r.cgroup_mode, r.bwrap_version);
@@ -35,20 +68,84 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
     for p in set.infos() {
         eprintln!("crownest: {:<16} {} ({}, sha256 {})", p.kind.name(), p.name, p.source, &p.sha256[..12]);
     }
-    if let Some(s) = &set.artifact_store {
-        s.check().await.map_err(|e| anyhow::anyhow!("artifact store check failed: {}", e.message))?;
-    }
+    let runtime: Arc<dyn RuntimeProvider> =
+        Arc::new(set.runtime_provider.context("no runtime provider is configured")?);
+    let artifacts = set.artifact_store.context("no artifact store is configured")?;
+    let store_name = artifacts.plugin().info.name.clone();
+    let artifacts: Arc<dyn ArtifactStore> = Arc::new(artifacts);
+    runtime.check().await.map_err(|e| anyhow::anyhow!("runtime provider check failed: {}", e.message))?;
+    artifacts.check().await.map_err(|e| anyhow::anyhow!("artifact store check failed: {}", e.message))?;
     if let Some(s) = &set.auth_scoper {
         s.check().await.map_err(|e| anyhow::anyhow!("auth scoper check failed: {}", e.message))?;
     }
-    if let Some(r) = &set.runtime_provider {
-        r.check().await.map_err(|e| anyhow::anyhow!("runtime provider check failed: {}", e.message))?;
+    let meter: Option<Arc<dyn Meter>> = match set.meter {
+        Some(m) => {
+            m.check().await.map_err(|e| anyhow::anyhow!("meter check failed: {}", e.message))?;
+            Some(Arc::new(m))
+        }
+        None => None,
+    };
+    let templates =
+        runtime.list_templates().await.map_err(|e| anyhow::anyhow!("cannot list templates: {}", e.message))?;
+
+    let r = &config.runs;
+    let settings = ExecutorSettings {
+        output: OutputSettings {
+            cap_bytes: r.output_cap_bytes,
+            chunk_bytes: 1 << 20,
+            flush_interval: Duration::from_millis(r.output_flush_ms.max(1)),
+        },
+        kill_grace: Duration::from_millis(config.sandbox.kill_grace_ms),
+        max_artifact_bytes: r.max_artifact_bytes,
+        max_concurrent_runs: r.max_concurrent_runs,
+        artifact_store_name: store_name,
+    };
+    let hub = Arc::new(EventHub::default());
+    let executor =
+        Executor::new(store.clone(), hub, Backends { runtime, artifacts: artifacts.clone(), meter }, settings);
+    let recovered = executor.recover().await.context("crash recovery failed")?;
+    if recovered > 0 {
+        eprintln!(
+            "crownest: {recovered} run(s) were active when the server last stopped: marked failed (host_restarted)"
+        );
     }
-    if let Some(m) = &set.meter {
-        m.check().await.map_err(|e| anyhow::anyhow!("meter check failed: {}", e.message))?;
-    }
-    eprintln!("crownest: all plugins loaded and checked; the HTTP API ({listen}) is not part of this build yet");
-    eprintln!("crownest: running; press Ctrl-C to stop");
-    tokio::signal::ctrl_c().await?;
+    let transfers_dir = data_dir.join("transfers");
+    std::fs::create_dir_all(&transfers_dir)?;
+    let state = AppState {
+        store: store.clone(),
+        executor,
+        artifacts,
+        templates: Arc::new(templates),
+        limits: Limits {
+            direct_upload_bytes: r.direct_upload_max_bytes,
+            staged_upload_bytes: r.staged_upload_max_bytes,
+            part_bytes: r.part_size_bytes,
+            max_timeout_ms: r.max_timeout_ms,
+            heartbeat: Duration::from_secs(r.heartbeat_secs.max(1)),
+        },
+        transfers_dir,
+    };
+    // Idempotency records are kept at least 24 hours (purged after 48).
+    tokio::spawn(async move {
+        loop {
+            let _ = store.purge_older_than(48 * 3600 * 1000).await;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    });
+
+    let listener =
+        tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!("crownest: serving the API on http://{}", listener.local_addr()?);
+    axum::serve(listener, crownest_server::router(state))
+        .with_graceful_shutdown(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("crownest: shutting down");
+        })
+        .await?;
     Ok(ExitCode::SUCCESS)
 }

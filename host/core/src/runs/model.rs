@@ -85,7 +85,7 @@ pub struct ArchiveInfo {
     pub sha256: String,
     /// `direct` or `staged`.
     pub upload: String,
-    #[serde(skip_serializing)]
+    /// Where the artifact store keeps it (not shown by the API).
     pub locator: String,
     pub uploaded_at_ms: u64,
 }

@@ -1,0 +1,21 @@
+//! CrowNest's HTTP API (`/v1`).
+//!
+//! Every success is `{ "data": ... }`; every error is
+//! `{ "error": { "code", "message", "requestId" } }` with the right status.
+//! Every request is authenticated (an API key or the admin token as a bearer
+//! token). Mutating endpoints accept `Idempotency-Key`.
+
+mod auth;
+mod error;
+mod idempotency;
+mod json;
+mod routes;
+mod state;
+mod views;
+
+pub use state::{AppState, Limits};
+
+/// The full router.
+pub fn router(state: AppState) -> axum::Router {
+    routes::router(state)
+}

@@ -1,0 +1,69 @@
+//! Artifact metadata and content.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use crownest_core::runs::store::{ArtifactRecord, StoreError};
+
+use super::visible_run;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use crate::{json, views};
+
+async fn visible_artifact(state: &AppState, caller: &Caller, id: &str) -> ApiResult<ArtifactRecord> {
+    let a = state.store.get_artifact(id.to_string()).await.map_err(|e| match e {
+        StoreError::NotFound => ApiError::not_found(format!("artifact {id}")),
+        other => ApiError::store(other),
+    })?;
+    if !caller.can_see(&a.project_id) {
+        return Err(ApiError::not_found(format!("artifact {id}")));
+    }
+    Ok(a)
+}
+
+pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {
+    match visible_artifact(&state, &caller, &id).await {
+        Ok(a) => json::data(StatusCode::OK, views::artifact(&a)),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn list_for_run(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {
+    let r: ApiResult<Response> = async {
+        visible_run(&state, &caller, &id).await?;
+        let list = state.store.list_artifacts(id).await.map_err(ApiError::store)?;
+        let items: Vec<_> = list.iter().map(views::artifact).collect();
+        Ok(json::data(StatusCode::OK, serde_json::json!({"items": items})))
+    }
+    .await;
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The bytes: a redirect to a presigned URL when the store has them, else
+/// streamed through the server.
+pub async fn content(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {
+    let r: ApiResult<Response> = async {
+        let a = visible_artifact(&state, &caller, &id).await?;
+        if let Ok(Some(url)) = state.artifacts.presign_get(&a.locator, std::time::Duration::from_secs(300)).await {
+            return Ok((StatusCode::FOUND, [(header::LOCATION, url)]).into_response());
+        }
+        let reader = state.artifacts.get(&a.locator).await.map_err(ApiError::plugin)?;
+        let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20));
+        let disposition = format!("attachment; filename=\"{}\"", a.name);
+        Ok((
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                (header::CONTENT_LENGTH, a.size.to_string()),
+                (header::CONTENT_DISPOSITION, disposition),
+                (header::HeaderName::from_static("x-artifact-sha256"), a.sha256.clone()),
+            ],
+            body,
+        )
+            .into_response())
+    }
+    .await;
+    r.unwrap_or_else(IntoResponse::into_response)
+}

@@ -1,0 +1,134 @@
+//! `GET /v1/workspace-runs/{id}/events`: a bounded JSON page, or with
+//! `Accept: text/event-stream` a live SSE stream (`id:` = seq, `event:` =
+//! type, JSON data) that resumes after `afterSeq` or `Last-Event-ID`, sends a
+//! heartbeat when idle, and closes after the `terminal` event. A cursor
+//! beyond the last event is an explicit error, never a silent gap.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use crownest_core::runs::ids::{now_ms, rfc3339};
+use crownest_core::runs::model::EventType;
+use futures_util::stream::Stream;
+use serde_json::json;
+
+use super::{number, visible_run};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use crate::{json, views};
+
+const PAGE: u32 = 256;
+
+pub async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let r: ApiResult<Response> = async {
+        let run = visible_run(&state, &caller, &id).await?;
+        let sse = headers.get("accept").and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"));
+        let last_event_id = headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.parse::<u64>().map_err(|_| ApiError::bad_request("invalid_cursor", format!("Last-Event-ID `{v}` is not an event seq"))))
+            .transpose()?;
+        let after = number(&q, "afterSeq")?.or(last_event_id).unwrap_or(0);
+        let last = state.store.last_seq(id.clone()).await.map_err(ApiError::store)?;
+        if after > last {
+            return Err(ApiError::conflict(
+                "cursor_out_of_range",
+                format!("afterSeq {after} is beyond the last event ({last}) of workspace run {id}; resume from a seq you received"),
+            ));
+        }
+        if sse {
+            let stream = live(state.clone(), id.clone(), after);
+            return Ok(Sse::new(stream).into_response());
+        }
+        let limit = number(&q, "limit")?.unwrap_or(100).clamp(1, 1000) as u32;
+        let evs = state.store.list_events(id.clone(), after, limit).await.map_err(ApiError::store)?;
+        let next = evs.last().map(|e| e.seq).unwrap_or(after);
+        let items: Vec<_> = evs.iter().map(|e| views::event(state.store.dir(), &id, e)).collect();
+        Ok(json::data(
+            StatusCode::OK,
+            json!({"items": items, "nextAfterSeq": next, "hasMore": next < last, "runStatus": run.status.as_str()}),
+        ))
+    }
+    .await;
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    async_stream(move |tx| async move {
+        let heartbeat = state.limits.heartbeat;
+        let current = state.store.last_seq(run_id.clone()).await.unwrap_or(after);
+        // Subscribe before reading, so no notification falls in between.
+        let mut watch = state.executor.hub().subscribe(&run_id, current);
+        loop {
+            let batch = match state.store.list_events(run_id.clone(), after, PAGE).await {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = tx
+                        .send(
+                            SseEvent::default()
+                                .event("error")
+                                .data(json!({"code": "internal", "message": e.to_string()}).to_string()),
+                        )
+                        .await;
+                    return;
+                }
+            };
+            let mut ended = false;
+            for e in &batch {
+                let body = views::event(state.store.dir(), &run_id, e).to_string();
+                let ev = SseEvent::default().id(e.seq.to_string()).event(e.kind.as_str()).data(body);
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+                after = e.seq;
+                ended |= e.kind == EventType::Terminal;
+            }
+            if ended {
+                return;
+            }
+            if batch.len() as u32 == PAGE {
+                continue;
+            }
+            tokio::select! {
+                changed = watch.changed() => {
+                    if changed.is_err() {
+                        // The hub let go of the run: it is terminal; drain and stop.
+                        watch = state.executor.hub().subscribe(&run_id, after);
+                    }
+                }
+                _ = tokio::time::sleep(heartbeat) => {
+                    let hb = SseEvent::default().event(EventType::Heartbeat.as_str()).data(json!({"at": rfc3339(now_ms()), "afterSeq": after}).to_string());
+                    if tx.send(hb).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// A stream fed by an async task through a bounded channel.
+fn async_stream<F, Fut>(f: F) -> impl Stream<Item = Result<SseEvent, Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<SseEvent>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(f(tx));
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) })
+}
+
+#[allow(dead_code)]
+fn _assert_duration(_: Duration) {}

@@ -1,0 +1,88 @@
+//! The `/v1` routes and the middleware around them.
+
+mod archive;
+mod artifacts;
+mod events;
+mod runs;
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use crownest_core::runs::ids::new_id;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, with_request_id};
+use crate::state::AppState;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/workspace-runs", post(runs::create).get(runs::list))
+        .route("/v1/workspace-runs/{id}", get(runs::get))
+        .route("/v1/workspace-runs/{id}/start", post(runs::start))
+        .route("/v1/workspace-runs/{id}/cancel", post(runs::cancel))
+        .route("/v1/workspace-runs/{id}/evidence", get(runs::evidence))
+        .route("/v1/workspace-runs/{id}/events", get(events::events))
+        .route("/v1/workspace-runs/{id}/artifacts", get(artifacts::list_for_run))
+        .route("/v1/workspace-runs/{id}/archive", put(archive::direct))
+        .route("/v1/workspace-runs/{id}/archive-transfers", post(archive::create_transfer))
+        .route("/v1/workspace-runs/{id}/archive-transfers/{tid}", get(archive::get_transfer))
+        .route("/v1/workspace-runs/{id}/archive-transfers/{tid}/parts/{n}", put(archive::put_part))
+        .route("/v1/workspace-runs/{id}/archive-transfers/{tid}/complete", post(archive::complete_transfer))
+        .route("/v1/artifacts/{id}", get(artifacts::get))
+        .route("/v1/artifacts/{id}/content", get(artifacts::content))
+        .route("/v1/health", get(health))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+async fn request_id(req: Request, next: Next) -> Response {
+    let id = new_id("req");
+    let started = std::time::Instant::now();
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let resp = next.run(req).await;
+    tracing::debug!(request_id = %id, %method, %path, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
+    with_request_id(resp, &id)
+}
+
+async fn not_found() -> Response {
+    ApiError::not_found("endpoint").into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not accept that method")
+        .into_response()
+}
+
+async fn health(_caller: Caller) -> Response {
+    crate::json::data(StatusCode::OK, serde_json::json!({"status": "ok"}))
+}
+
+/// A run the caller may see, or 404.
+async fn visible_run(state: &AppState, caller: &Caller, id: &str) -> ApiResult<crownest_core::runs::Run> {
+    let run = state.store.get_run(id.to_string()).await.map_err(|e| match e {
+        crownest_core::runs::store::StoreError::NotFound => ApiError::not_found(format!("workspace run {id}")),
+        other => ApiError::store(other),
+    })?;
+    if !caller.can_see(&run.project_id) {
+        return Err(ApiError::not_found(format!("workspace run {id}")));
+    }
+    Ok(run)
+}
+
+/// Parse an optional numeric query parameter.
+fn number(q: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>> {
+    q.get(name)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::bad_request("invalid_request", format!("`{name}` must be a non-negative integer, got `{v}`"))
+            })
+        })
+        .transpose()
+}

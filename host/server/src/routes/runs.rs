@@ -1,0 +1,299 @@
+//! Create, read, list, start, cancel, evidence.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use crownest_core::runs::ids::new_id;
+use crownest_core::runs::model::{ArtifactSpec, RunSpec, RunStatus};
+use crownest_core::runs::store::ListFilter;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{number, visible_run};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use crate::{idempotency, json, views};
+
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum ArtifactArg {
+    Path(String),
+    Spec { path: String, name: Option<String> },
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateBody {
+    command: String,
+    template: Option<String>,
+    project_id: Option<String>,
+    sandbox_id: Option<String>,
+    #[serde(default)]
+    keep_sandbox: bool,
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    artifacts: Vec<ArtifactArg>,
+}
+
+const DEFAULT_TEMPLATE: &str = "python-node";
+
+fn validate_artifacts(args: Vec<ArtifactArg>) -> ApiResult<Vec<ArtifactSpec>> {
+    if args.len() > 64 {
+        return Err(ApiError::unprocessable("invalid_request", "at most 64 artifacts may be declared"));
+    }
+    let mut out: Vec<ArtifactSpec> = Vec::new();
+    for a in args {
+        let (path, name) = match a {
+            ArtifactArg::Path(p) => (p, None),
+            ArtifactArg::Spec { path, name } => (path, name),
+        };
+        let rel = path.strip_prefix("/workspace/").unwrap_or(&path);
+        if path.is_empty() || rel.starts_with('/') || rel.split('/').any(|c| c == "..") || path.contains('\0') {
+            return Err(ApiError::unprocessable(
+                "invalid_artifact_path",
+                format!(
+                    "artifact path `{path}` must be inside /workspace (absolute under it, or relative) without `..`"
+                ),
+            ));
+        }
+        let name = name.unwrap_or_else(|| rel.rsplit('/').next().unwrap_or(rel).to_string());
+        if name.is_empty()
+            || name.len() > 255
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(ApiError::unprocessable(
+                "invalid_artifact_name",
+                format!("artifact name `{name}` must be 1 to 255 characters of [A-Za-z0-9._-]"),
+            ));
+        }
+        if out.iter().any(|o| o.name == name) {
+            return Err(ApiError::unprocessable(
+                "invalid_artifact_name",
+                format!("artifact name `{name}` is declared twice"),
+            ));
+        }
+        out.push(ArtifactSpec { path: format!("/workspace/{rel}"), name });
+    }
+    Ok(out)
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return ApiError::bad_request("invalid_request", e.body_text()).into_response(),
+    };
+    let parsed: CreateBody = match json::parse(&body) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let (project, org) = match caller.project(&state, parsed.project_id.as_deref()).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let key = match idempotency::key(&headers) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    let hash = idempotency::hash(&[&body]);
+    let artifacts = validate_artifacts(parsed.artifacts);
+    idempotency::once(&state, &project, "create", key, hash, async || {
+        let command = parsed.command.trim();
+        if command.is_empty() {
+            return Err(ApiError::bad_request("invalid_request", "`command` must not be empty"));
+        }
+        if parsed.command.len() > 64 * 1024 {
+            return Err(ApiError::unprocessable("invalid_request", "`command` is longer than 64 KiB"));
+        }
+        let template = parsed.template.clone().unwrap_or_else(|| DEFAULT_TEMPLATE.into());
+        match state.templates.iter().find(|t| t.name == template) {
+            None => {
+                let names: Vec<&str> = state.templates.iter().map(|t| t.name.as_str()).collect();
+                return Err(ApiError::unprocessable(
+                    "unknown_template",
+                    format!("unknown template `{template}`; available: {}", names.join(", ")),
+                ));
+            }
+            Some(t) if !t.usable => {
+                return Err(ApiError::unprocessable(
+                    "template_unavailable",
+                    format!(
+                        "template `{template}` is not usable on this server: {}",
+                        t.unusable_reason.clone().unwrap_or_default()
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+        if let Some(t) = parsed.timeout_ms {
+            if t == 0 || t > state.limits.max_timeout_ms {
+                return Err(ApiError::unprocessable(
+                    "invalid_request",
+                    format!("`timeoutMs` must be 1 to {}", state.limits.max_timeout_ms),
+                ));
+            }
+        }
+        if parsed.metadata.len() > 64
+            || parsed.metadata.iter().any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 1024)
+        {
+            return Err(ApiError::unprocessable(
+                "invalid_request",
+                "`metadata`: at most 64 entries, keys 1-128 bytes, values up to 1024 bytes",
+            ));
+        }
+        let spec = RunSpec {
+            command: parsed.command.clone(),
+            template,
+            sandbox_id: parsed.sandbox_id.clone(),
+            keep_sandbox: parsed.keep_sandbox,
+            timeout_ms: parsed.timeout_ms,
+            metadata: parsed.metadata.clone(),
+            artifacts: artifacts.clone()?,
+        };
+        let run =
+            state.store.create_run(new_id("wsr"), org.clone(), project.clone(), spec).await.map_err(ApiError::store)?;
+        tracing::info!(run_id = %run.id, project_id = %run.project_id, "run created");
+        Ok((StatusCode::CREATED, views::run(&run)))
+    })
+    .await
+}
+
+pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {
+    match visible_run(&state, &caller, &id).await {
+        Ok(run) => json::data(StatusCode::OK, views::run(&run)),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn list(State(state): State<AppState>, caller: Caller, Query(q): Query<HashMap<String, String>>) -> Response {
+    let r: ApiResult<Response> = async {
+        let status = q
+            .get("status")
+            .map(|s| s.parse::<RunStatus>().map_err(|e| ApiError::bad_request("invalid_request", e)))
+            .transpose()?;
+        let limit = number(&q, "limit")?.unwrap_or(50).clamp(1, 200) as u32;
+        let project_ids = match (q.get("projectId"), &caller) {
+            (Some(p), _) => Some(vec![caller.project(&state, Some(p)).await?.0]),
+            (None, Caller::Key(k)) => match &k.project_id {
+                Some(p) => Some(vec![p.clone()]),
+                None => None,
+            },
+            (None, Caller::Admin) => None,
+        };
+        let (runs, next) = state
+            .store
+            .list_runs(ListFilter { project_ids, status, cursor: q.get("cursor").cloned(), limit })
+            .await
+            .map_err(|e| match e {
+                crownest_core::runs::store::StoreError::Conflict(m) => ApiError::bad_request("invalid_cursor", m),
+                other => ApiError::store(other),
+            })?;
+        let items: Vec<_> = runs.iter().map(views::run).collect();
+        Ok(json::data(StatusCode::OK, json!({"items": items, "nextCursor": next})))
+    }
+    .await;
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn start(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let run = match visible_run(&state, &caller, &id).await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let key = match idempotency::key(&headers) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    let hash = idempotency::hash(&[id.as_bytes()]);
+    idempotency::once(&state, &run.project_id.clone(), "start", key, hash, async || {
+        if run.cancel_requested || run.status.is_terminal() {
+            return Ok((StatusCode::OK, views::run(&run)));
+        }
+        let (run, queued_now) = state.store.queue_run(id.clone()).await.map_err(|e| match e {
+            crownest_core::runs::store::StoreError::Conflict(_) => ApiError::conflict(
+                "archive_missing",
+                format!("workspace run {id} has no archive yet: upload one (directly or through a staged transfer) before starting it"),
+            ),
+            other => ApiError::store(other),
+        })?;
+        if queued_now {
+            if let Ok(evs) = state
+                .store
+                .append_events(id.clone(), vec![(crownest_core::runs::EventType::Status, json!({"status": "queued"}))])
+                .await
+            {
+                if let Some(e) = evs.last() {
+                    state.executor.hub().notify(&id, e.seq);
+                }
+            }
+            state.executor.spawn(id.clone());
+            return Ok((StatusCode::ACCEPTED, views::run(&run)));
+        }
+        Ok((StatusCode::OK, views::run(&run)))
+    })
+    .await
+}
+
+pub async fn cancel(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {
+    let r: ApiResult<Response> = async {
+        let run = visible_run(&state, &caller, &id).await?;
+        if run.status.is_terminal() {
+            return Ok(json::data(StatusCode::OK, views::run(&run)));
+        }
+        let run = state.store.request_cancel(id.clone()).await.map_err(ApiError::store)?;
+        state.executor.cancel(&run).await;
+        // Give a running command its chance to stop before answering.
+        for _ in 0..20 {
+            let now = state.store.get_run(id.clone()).await.map_err(ApiError::store)?;
+            if now.status.is_terminal() || now.status == RunStatus::Running {
+                return Ok(json::data(StatusCode::ACCEPTED, views::run(&now)));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        let now = state.store.get_run(id.clone()).await.map_err(ApiError::store)?;
+        Ok(json::data(StatusCode::ACCEPTED, views::run(&now)))
+    }
+    .await;
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn evidence(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {
+    let r: ApiResult<Response> = async {
+        let run = visible_run(&state, &caller, &id).await?;
+        let Some((bytes, sha)) = state.store.get_evidence(id.clone()).await.map_err(ApiError::store)? else {
+            return Err(ApiError::conflict(
+                "evidence_not_ready",
+                format!(
+                    "workspace run {id} is {}; its Evidence Bundle is written when it reaches a terminal state",
+                    run.status
+                ),
+            ));
+        };
+        // The stored bytes go out unchanged inside the envelope.
+        let mut body = Vec::with_capacity(bytes.len() + 10);
+        body.extend_from_slice(b"{\"data\":");
+        body.extend_from_slice(&bytes);
+        body.push(b'}');
+        let mut resp = json::raw(StatusCode::OK, body);
+        resp.headers_mut().insert("x-evidence-sha256", sha.parse().map_err(|_| ApiError::internal("bad digest"))?);
+        Ok(resp)
+    }
+    .await;
+    r.unwrap_or_else(IntoResponse::into_response)
+}

@@ -1,0 +1,80 @@
+//! How resources look in API responses (camelCase JSON).
+
+use std::path::Path;
+
+use base64::Engine as _;
+use crownest_core::runs::ids::rfc3339;
+use crownest_core::runs::model::{Event, Run};
+use crownest_core::runs::output;
+use crownest_core::runs::store::{ArtifactRecord, Transfer};
+use serde_json::{Value, json};
+
+fn ts(ms: Option<u64>) -> Value {
+    ms.map(|m| Value::String(rfc3339(m))).unwrap_or(Value::Null)
+}
+
+pub fn run(r: &Run) -> Value {
+    json!({
+        "id": r.id,
+        "orgId": r.org_id,
+        "projectId": r.project_id,
+        "status": r.status.as_str(),
+        "command": r.spec.command,
+        "template": r.spec.template,
+        "templateDigest": r.template_digest,
+        "sandboxId": r.sandbox_id.clone().or_else(|| r.spec.sandbox_id.clone()),
+        "keepSandbox": r.spec.keep_sandbox,
+        "timeoutMs": r.spec.timeout_ms,
+        "metadata": r.spec.metadata,
+        "artifacts": r.spec.artifacts,
+        "archive": r.archive.as_ref().map(|a| json!({"sizeBytes": a.size_bytes, "sha256": a.sha256, "upload": a.upload, "uploadedAt": rfc3339(a.uploaded_at_ms)})),
+        "exitCode": r.exit_code,
+        "failureReason": r.failure_reason,
+        "failureMessage": r.failure_message,
+        "cancelRequested": r.cancel_requested,
+        "artifactIds": r.artifact_ids,
+        "createdAt": ts(Some(r.created_at_ms)),
+        "queuedAt": ts(r.queued_at_ms),
+        "startedAt": ts(r.started_at_ms),
+        "finishedAt": ts(r.finished_at_ms),
+    })
+}
+
+/// An event as clients see it: the stored record plus, for output events,
+/// the content (`text` when it is valid UTF-8, else `base64`).
+pub fn event(data_dir: &Path, run_id: &str, e: &Event) -> Value {
+    let mut data = e.data.clone();
+    if e.kind.is_output() {
+        let len = data["bytes"].as_u64().unwrap_or(0);
+        if len > 0 {
+            let offset = data["offset"].as_u64().unwrap_or(0);
+            match output::read_chunk(data_dir, run_id, e.kind.as_str(), offset, len) {
+                Ok(bytes) => match String::from_utf8(bytes) {
+                    Ok(text) => data["text"] = Value::String(text),
+                    Err(e) => {
+                        data["base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(e.into_bytes()))
+                    }
+                },
+                Err(err) => data["error"] = Value::String(format!("output log unreadable: {err}")),
+            }
+        }
+    }
+    json!({ "runId": run_id, "seq": e.seq, "type": e.kind.as_str(), "at": rfc3339(e.at_ms), "data": data })
+}
+
+pub fn artifact(a: &ArtifactRecord) -> Value {
+    json!({
+        "id": a.id, "runId": a.run_id, "projectId": a.project_id, "name": a.name, "path": a.path,
+        "sizeBytes": a.size, "sha256": a.sha256, "store": a.store, "locator": a.locator,
+        "createdAt": rfc3339(a.created_at_ms),
+    })
+}
+
+pub fn transfer(t: &Transfer) -> Value {
+    let missing: Vec<u64> = (0..t.part_count()).filter(|n| !t.parts.contains(n)).collect();
+    json!({
+        "id": t.id, "runId": t.run_id, "sizeBytes": t.size, "sha256": t.sha256, "partSizeBytes": t.part_size,
+        "partCount": t.part_count(), "receivedParts": t.parts, "missingParts": missing, "status": t.status,
+        "createdAt": rfc3339(t.created_at_ms),
+    })
+}
