@@ -33,6 +33,9 @@ enum Command {
     /// Sandbox templates.
     #[command(subcommand)]
     Templates(commands::templates::Command),
+    /// Workspace Runs: run an archive in a sandbox and keep the evidence.
+    #[command(subcommand, name = "workspace-runs")]
+    WorkspaceRuns(commands::workspace_runs::Command),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
             Command::Plugins(cmd) => commands::plugins::run(&ctx, cmd).await,
             Command::Doctor(args) => commands::doctor::run(&ctx, args).await,
             Command::Templates(cmd) => commands::templates::run(&ctx, cmd).await,
+            Command::WorkspaceRuns(cmd) => commands::workspace_runs::run(&ctx, cmd).await,
         }
     });
     match result {

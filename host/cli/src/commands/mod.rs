@@ -4,3 +4,4 @@ pub mod doctor;
 pub mod plugins;
 pub mod serve;
 pub mod templates;
+pub mod workspace_runs;
