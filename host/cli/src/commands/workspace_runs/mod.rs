@@ -209,7 +209,13 @@ fn summary(r: &Value) {
     print_table(&rows);
 }
 
+/// The command line from the words after `--`: one word is taken as a
+/// command line as it is (`-- "pnpm test && echo ok"`); several are quoted
+/// for the shell and joined (`-- python3 main.py "a b"`).
 fn shell_join(args: &[String]) -> String {
+    if let [one] = args {
+        return one.clone();
+    }
     args.iter()
         .map(|a| {
             if !a.is_empty() && a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {

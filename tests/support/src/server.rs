@@ -1,0 +1,151 @@
+//! A real `crownest serve` process for end-to-end tests: its own data
+//! directory, sandbox root and loopback port; killed (and its sandboxes
+//! reaped by the next start or by the test's cleanup) when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    pub url: String,
+    pub api_key: String,
+    pub admin_token: String,
+    pub data_dir: PathBuf,
+    pub sandbox_root: PathBuf,
+    pub child: Option<Child>,
+    pub exe: PathBuf,
+    pub env: Vec<(String, String)>,
+    port: u16,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Server {
+    /// Start a server with extra `CROWNEST_*` settings.
+    pub fn start(exe: &Path, env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::Builder::new().prefix("crownest-e2e-").tempdir_in("/tmp").unwrap();
+        let data_dir = dir.path().join("data");
+        let sandbox_root = dir.path().join("sandboxes");
+        let mut s = Server {
+            url: String::new(),
+            api_key: String::new(),
+            admin_token: String::new(),
+            data_dir,
+            sandbox_root,
+            child: None,
+            exe: exe.to_path_buf(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            port: free_port(),
+            _dir: Some(dir),
+        };
+        s.spawn();
+        s
+    }
+
+    /// (Re)start the process on the same data directory and port.
+    pub fn spawn(&mut self) {
+        let mut cmd = Command::new(&self.exe);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CROWNEST_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .env("CROWNEST_SANDBOX__ROOT", &self.sandbox_root)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start crownest serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("serving the API on") {
+                    let _ = tx.send(Ok(()));
+                }
+                if line.starts_with("error:") {
+                    let _ = tx.send(Err(line.clone()));
+                }
+                if std::env::var_os("CROWNEST_TEST_SERVER_LOG").is_some() {
+                    eprintln!("[server] {line}");
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Ok(())) => break,
+                Ok(Err(line)) => panic!("crownest serve failed: {line}"),
+                Err(_) if Instant::now() > deadline => panic!("crownest serve did not start"),
+                Err(_) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        panic!("crownest serve exited: {status}");
+                    }
+                }
+            }
+        }
+        let creds = std::fs::read_to_string(self.data_dir.join("credentials.json")).expect("credentials.json");
+        let v: serde_json::Value = serde_json::from_str(&creds).unwrap();
+        self.api_key = v["apiKey"].as_str().unwrap().to_string();
+        self.admin_token = v["adminToken"].as_str().unwrap().to_string();
+        self.url = format!("http://127.0.0.1:{}", self.port);
+        self.child = Some(child);
+    }
+
+    /// `kill -9` the server.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A `crownest` command aimed at this server.
+    pub fn cli(&self) -> Command {
+        let mut cmd = Command::new(&self.exe);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CROWNEST_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.arg("--data-dir")
+            .arg(&self.data_dir)
+            .env("CROWNEST_API_URL", &self.url)
+            .env("CROWNEST_SANDBOX__ROOT", &self.sandbox_root);
+        cmd
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGTERM first so the server can stop cleanly.
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Unmount what a killed server left; the temp dir goes next.
+        if let Ok(mounts) = std::fs::read_to_string("/proc/mounts") {
+            let root = self.sandbox_root.display().to_string();
+            for line in mounts.lines() {
+                if let Some(target) = line.split(' ').nth(1).filter(|t| t.starts_with(&root)) {
+                    let _ = Command::new("umount").args(["-l", target]).status();
+                }
+            }
+        }
+    }
+}
