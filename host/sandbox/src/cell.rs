@@ -4,6 +4,7 @@
 //! server can find and reap it.
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -310,6 +311,12 @@ impl Cell {
             .spawn()
             .map_err(|e| unavailable(&format!("start the sandbox helper {}", self.host.cfg.helper.display()), e))?;
         let (stdout, stderr, stdin) = (child.stdout.take(), child.stderr.take(), child.stdin.take());
+        // Bigger pipes: fewer wake-ups and reads when a command floods output.
+        for fd in [stdout.as_ref().map(|s| s.as_raw_fd()), stderr.as_ref().map(|s| s.as_raw_fd())].into_iter().flatten()
+        {
+            // SAFETY: fcntl on a pipe fd we own; failure just keeps the default size.
+            unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20) };
+        }
         let tree = ProcessTree::start(self.rec.id.clone(), child, self.cgroup.clone());
         match (stdout, stderr, stdin) {
             (Some(stdout), Some(stderr), Some(stdin)) => Ok(Spawned { tree, stdout, stderr, stdin }),

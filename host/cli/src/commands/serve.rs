@@ -92,7 +92,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
     let settings = ExecutorSettings {
         output: OutputSettings {
             cap_bytes: r.output_cap_bytes,
-            chunk_bytes: 1 << 20,
+            chunk_bytes: 4 << 20,
             flush_interval: Duration::from_millis(r.output_flush_ms.max(1)),
         },
         kill_grace: Duration::from_millis(config.sandbox.kill_grace_ms),
@@ -136,6 +136,12 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
     let listener =
         tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     eprintln!("crownest: serving the API on http://{}", listener.local_addr()?);
+    // Events are many small writes: without TCP_NODELAY, Nagle's algorithm
+    // and the client's delayed ACK stall each one by up to 40 ms.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, crownest_server::router(state))
         .with_graceful_shutdown(async {
             let mut term =

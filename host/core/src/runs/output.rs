@@ -33,7 +33,7 @@ pub struct OutputSettings {
 
 impl Default for OutputSettings {
     fn default() -> Self {
-        OutputSettings { cap_bytes: 16 << 20, chunk_bytes: 1 << 20, flush_interval: Duration::from_millis(50) }
+        OutputSettings { cap_bytes: 16 << 20, chunk_bytes: 4 << 20, flush_interval: Duration::from_millis(50) }
     }
 }
 
@@ -117,6 +117,10 @@ impl Sink {
 }
 
 /// Capture one stream until end-of-file; returns its totals.
+///
+/// Reading and flushing are pipelined: while one chunk is hashed, written,
+/// made durable and recorded (on another task), the next one is read, so the
+/// command never waits on the disk for more than two chunks.
 pub async fn capture(
     store: Store,
     hub: Arc<EventHub>,
@@ -139,38 +143,43 @@ pub async fn capture(
         cap: settings.cap_bytes,
         cap_announced: false,
     };
-    let mut buf = vec![0u8; settings.chunk_bytes];
-    let mut filled = 0usize;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+    let flusher = tokio::spawn(async move {
+        while let Some(chunk) = rx.recv().await {
+            sink.flush(&chunk).await?;
+        }
+        sink.stats.sha256 = hex::encode(sink.hasher.finalize());
+        Ok::<_, std::io::Error>(sink.stats)
+    });
+    let mut buf = Vec::with_capacity(settings.chunk_bytes);
     let mut deadline: Option<tokio::time::Instant> = None;
-    loop {
+    let mut eof = false;
+    while !eof {
         let flush_due = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            n = reader.read(&mut buf[filled..]) => {
+        let full = tokio::select! {
+            n = reader.read_buf(&mut buf) => {
                 let n = n?;
-                if n == 0 {
-                    break;
+                eof = n == 0;
+                if n > 0 {
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + settings.flush_interval);
                 }
-                filled += n;
-                deadline.get_or_insert_with(|| tokio::time::Instant::now() + settings.flush_interval);
-                if filled == buf.len() {
-                    sink.flush(&buf[..filled]).await?;
-                    filled = 0;
-                    deadline = None;
-                }
+                buf.len() >= settings.chunk_bytes
             }
-            _ = flush_due => {
-                sink.flush(&buf[..filled]).await?;
-                filled = 0;
-                deadline = None;
+            _ = flush_due => true,
+        };
+        if (full || eof) && !buf.is_empty() {
+            let chunk = std::mem::replace(&mut buf, Vec::with_capacity(settings.chunk_bytes));
+            if tx.send(chunk).await.is_err() {
+                break;
             }
+            deadline = None;
         }
     }
-    sink.flush(&buf[..filled]).await?;
-    sink.stats.sha256 = hex::encode(sink.hasher.finalize());
-    Ok(sink.stats)
+    drop(tx);
+    flusher.await.map_err(std::io::Error::other)?
 }
