@@ -15,6 +15,9 @@ use crownest_plugins::{PluginHost, PluginSource};
 use crownest_sandbox::{SandboxConfig, SandboxHost};
 use tokio::io::AsyncReadExt;
 
+mod common;
+use common::targz;
+
 struct Env {
     _dir: tempfile::TempDir,
     root: std::path::PathBuf,
@@ -76,19 +79,6 @@ fn spec(template: &str) -> SandboxSpec {
         env: vec![("RUN_ID".into(), "wsr_test".into())],
         labels: vec![("run".into(), "wsr_test".into())],
     }
-}
-
-fn targz(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
-    let enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut b = tar::Builder::new(enc);
-    for (path, data, mode) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(*mode);
-        h.set_cksum();
-        b.append_data(&mut h, path, *data).unwrap();
-    }
-    b.into_inner().unwrap().finish().unwrap()
 }
 
 async fn run(sbx: &dyn Sandbox, cmd: &str) -> (ExitStatus, String, String) {

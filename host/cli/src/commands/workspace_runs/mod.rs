@@ -228,83 +228,66 @@ fn shell_join(args: &[String]) -> String {
         .join(" ")
 }
 
+/// Print a successful result as `{ "data": ... }` (with `--json`) or for
+/// people; print a refusal as the API's code and message.
+fn report(result: std::result::Result<Value, ClientError>, json: bool, human: impl FnOnce(&Value)) -> ExitCode {
+    match result {
+        Ok(r) => {
+            if json {
+                print_json(&r)
+            } else {
+                human(&r)
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn status_line(run_id: &str) -> impl FnOnce(&Value) + '_ {
+    move |r: &Value| println!("{run_id} {}", r["status"].as_str().unwrap_or(""))
+}
+
 pub async fn run(ctx: &Context, cmd: Command) -> Result<ExitCode> {
     let client = context::client(ctx)?;
     Ok(match cmd {
         Command::Create { command, flags, json } => match create(&client, &command, &flags).await {
-            Ok(r) => {
-                if json {
-                    print_json(&r)
-                } else {
-                    println!("{} {}", r["id"].as_str().unwrap_or(""), r["status"].as_str().unwrap_or(""))
-                }
-                ExitCode::SUCCESS
-            }
+            Ok(r) => report(Ok(r), json, |r| {
+                println!("{} {}", r["id"].as_str().unwrap_or(""), r["status"].as_str().unwrap_or(""))
+            }),
             Err(e) => fail_any(e),
         },
         Command::Upload { run_id, archive, sha256, json } => {
             match upload::upload(&client, &run_id, &archive, sha256.as_deref()).await {
-                Ok(r) => {
-                    if json {
-                        print_json(&r)
-                    } else {
-                        println!(
-                            "{}: archive uploaded ({} bytes, sha256 {})",
-                            run_id,
-                            r["archive"]["sizeBytes"],
-                            r["archive"]["sha256"].as_str().unwrap_or("")
-                        )
-                    }
-                    ExitCode::SUCCESS
-                }
+                Ok(r) => report(Ok(r), json, |r| {
+                    println!(
+                        "{run_id}: archive uploaded ({} bytes, sha256 {})",
+                        r["archive"]["sizeBytes"],
+                        r["archive"]["sha256"].as_str().unwrap_or("")
+                    )
+                }),
                 Err(e) => fail_any(e),
             }
         }
         Command::Start { run_id, json } => {
             let key = idempotency_key();
-            match client.call(Method::POST, &format!("/v1/workspace-runs/{run_id}/start"), None, Some(&key)).await {
-                Ok(r) => {
-                    if json {
-                        print_json(&r)
-                    } else {
-                        println!("{} {}", run_id, r["status"].as_str().unwrap_or(""))
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&e),
-            }
+            let r = client.call(Method::POST, &format!("/v1/workspace-runs/{run_id}/start"), None, Some(&key)).await;
+            report(r, json, status_line(&run_id))
         }
         Command::RunArchive { archive, flags, json, command } => {
             run_archive(&client, &archive, &flags, &command, json).await
         }
-        Command::Status { run_id, json } => match client.get(&format!("/v1/workspace-runs/{run_id}")).await {
-            Ok(r) => {
-                if json {
-                    print_json(&r)
-                } else {
-                    summary(&r)
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(&e),
-        },
+        Command::Status { run_id, json } => {
+            report(client.get(&format!("/v1/workspace-runs/{run_id}")).await, json, summary)
+        }
         Command::List { project, status, limit, json } => list(&client, project, status, limit, json).await,
         Command::Logs { run_id, after_seq, json } => match events::stream(&client, &run_id, after_seq, json).await {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
         Command::Cancel { run_id, json } => {
-            match client.call(Method::POST, &format!("/v1/workspace-runs/{run_id}/cancel"), None, None).await {
-                Ok(r) => {
-                    if json {
-                        print_json(&r)
-                    } else {
-                        println!("{} {}", run_id, r["status"].as_str().unwrap_or(""))
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&e),
-            }
+            let r = client.call(Method::POST, &format!("/v1/workspace-runs/{run_id}/cancel"), None, None).await;
+            report(r, json, status_line(&run_id))
         }
         Command::Evidence { run_id, output, json } => evidence(&client, &run_id, output, json).await,
     })
