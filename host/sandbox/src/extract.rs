@@ -144,6 +144,18 @@ fn io_to_extract(e: io::Error, what: &str) -> ExtractError {
     ExtractError::Corrupt(format!("{what}: {e}"))
 }
 
+/// The process umask, read from `/proc/self/status` (calling `umask(2)` to
+/// read it would change it for every thread for a moment). Unknown → assume
+/// it masks everything, so modes are always fixed up explicitly.
+fn current_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Umask:")).and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o777)
+}
+
 /// Who should own extracted entries (the sandbox's host uid and gid).
 pub type Owner = Option<(u32, u32)>;
 
@@ -202,6 +214,10 @@ pub fn extract_tar_gz(
     let mut report = Report::default();
     let entries = tar.entries().map_err(|e| io_to_extract(e, "reading the archive"))?;
     let mut buf = vec![0u8; 256 * 1024];
+    // Archives list files directory by directory: keep the last parent open
+    // instead of walking (and opening) every component for every entry.
+    let mut cached_parent: Option<(Vec<Vec<u8>>, Dir)> = None;
+    let umask = current_umask();
     for entry in entries {
         let mut entry = entry.map_err(|e| io_to_extract(e, "reading the next entry"))?;
         let raw_path = entry.path_bytes().into_owned();
@@ -219,14 +235,19 @@ pub fn extract_tar_gz(
             Err(p) => return Err(refuse(p.to_string())),
         };
         let (name, parents) = parts.split_last().expect("components are never empty");
-        let created = |d: &Dir, n: &[u8]| chown(d, n, owner);
-        let dir = paths::open_parents(root, parents, true, created).map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::ENOTDIR) {
-                refuse("a parent directory is a symlink or a file".into())
-            } else {
-                ExtractError::Io(format!("creating the parents of `{shown}`: {e}"))
-            }
-        })?;
+        let hit = cached_parent.as_ref().is_some_and(|(p, _)| p.iter().map(Vec::as_slice).eq(parents.iter().copied()));
+        if !hit {
+            let created = |d: &Dir, n: &[u8]| chown(d, n, owner);
+            let dir = paths::open_parents(root, parents, true, created).map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::ENOTDIR) {
+                    refuse("a parent directory is a symlink or a file".into())
+                } else {
+                    ExtractError::Io(format!("creating the parents of `{shown}`: {e}"))
+                }
+            })?;
+            cached_parent = Some((parents.iter().map(|p| p.to_vec()).collect(), dir));
+        }
+        let dir = &cached_parent.as_ref().expect("set above").1;
         let mode = entry.header().mode().unwrap_or(0o644);
         if mode & 0o7000 != 0 {
             report.masked_modes += 1;
@@ -244,7 +265,9 @@ pub fn extract_tar_gz(
                 }
                 let mut opts = OpenOptions::new();
                 opts.write(true).create(true).truncate(true);
-                cap_std::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+                // Created with its final mode when the umask cannot alter
+                // it (saves an fchmod per file); fixed up below otherwise.
+                cap_std::fs::OpenOptionsExt::mode(&mut opts, if mode & umask == 0 { mode } else { 0o600 });
                 cap_std::fs::OpenOptionsExt::custom_flags(&mut opts, libc::O_NOFOLLOW);
                 let mut file = dir.open_with(name_os, &opts).map_err(|e| match e.raw_os_error() {
                     Some(libc::ELOOP) => refuse("a symlink of that name already exists".into()),
@@ -266,8 +289,10 @@ pub fn extract_tar_gz(
                     written += n as u64;
                 }
                 report.content_bytes += written;
-                file.set_permissions(Permissions::from_mode(mode))
-                    .map_err(|e| ExtractError::Io(format!("setting the mode of `{shown}`: {e}")))?;
+                if mode & umask != 0 {
+                    file.set_permissions(Permissions::from_mode(mode))
+                        .map_err(|e| ExtractError::Io(format!("setting the mode of `{shown}`: {e}")))?;
+                }
                 drop(file);
                 chown(&dir, name, owner).map_err(|e| ExtractError::Io(format!("chown `{shown}`: {e}")))?;
             }
