@@ -16,6 +16,7 @@ const BUILTINS: &[(&str, &str)] = &[
     ("scoped-keys", "scoped_keys"),
     ("compute-meter", "compute_meter"),
     ("linux-sandbox", "linux_sandbox"),
+    ("s3-artifacts", "s3_artifacts"),
 ];
 
 fn main() {

@@ -33,6 +33,9 @@ enum Command {
     /// Sandbox templates.
     #[command(subcommand)]
     Templates(commands::templates::Command),
+    /// Artifacts kept by runs.
+    #[command(subcommand)]
+    Artifacts(commands::artifacts::Command),
     /// Workspace Runs: run an archive in a sandbox and keep the evidence.
     #[command(subcommand, name = "workspace-runs")]
     WorkspaceRuns(commands::workspace_runs::Command),
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
             Command::Doctor(args) => commands::doctor::run(&ctx, args).await,
             Command::Templates(cmd) => commands::templates::run(&ctx, cmd).await,
             Command::WorkspaceRuns(cmd) => commands::workspace_runs::run(&ctx, cmd).await,
+            Command::Artifacts(cmd) => commands::artifacts::run(&ctx, cmd).await,
         }
     });
     match result {

@@ -184,8 +184,11 @@ impl PluginHost {
                 load_err(format!("cannot create the filesystem grant directory {dir} of plugin `{name}`: {e}"))
             })?;
         }
-        let config_json = serde_json::to_value(&table.config)
+        let mut config_json = serde_json::to_value(&table.config)
             .map_err(|e| load_err(format!("config of plugin `{name}` is not representable as JSON: {e}")))?;
+        expand_env(&mut config_json).map_err(|var| {
+            load_err(format!("config of plugin `{name}` refers to the environment variable {var}, which is not set"))
+        })?;
         let call_timeout = Duration::from_millis(table.call_timeout_ms.unwrap_or(self.defaults.call_timeout_ms));
         let memory_limit_mib = table.memory_limit_mib.unwrap_or(self.defaults.memory_limit_mib);
         let env = PluginEnv {
@@ -215,5 +218,38 @@ impl PluginHost {
         };
         tracing::debug!(plugin = %info.name, kind = %kind, cache = ?info.cache, elapsed = ?info.load_time, "plugin loaded");
         Ok(Arc::new(LoadedPlugin { info, env: Arc::new(env), engine: self.engine.clone(), pre }))
+    }
+}
+
+/// Replace string values of the form `${env:NAME}` with that environment
+/// variable (so secrets need not be written in the config file). Returns the
+/// name of a missing variable.
+fn expand_env(v: &mut serde_json::Value) -> Result<(), String> {
+    match v {
+        serde_json::Value::String(s) => {
+            if let Some(name) = s.strip_prefix("${env:").and_then(|r| r.strip_suffix('}')) {
+                *s = std::env::var(name).map_err(|_| name.to_string())?;
+            }
+            Ok(())
+        }
+        serde_json::Value::Array(items) => items.iter_mut().try_for_each(expand_env),
+        serde_json::Value::Object(map) => map.values_mut().try_for_each(expand_env),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_env;
+
+    #[test]
+    fn env_references_expand_and_missing_ones_are_named() {
+        // PATH is always set in a test process.
+        let mut v = serde_json::json!({"a": "${env:PATH}", "b": ["x", "${env:PATH}"], "c": 1});
+        expand_env(&mut v).unwrap();
+        assert_eq!(v["a"], std::env::var("PATH").unwrap());
+        assert_eq!(v["b"][1], std::env::var("PATH").unwrap());
+        let mut v = serde_json::json!({"k": "${env:CROWNEST_SURELY_UNSET_VAR}"});
+        assert_eq!(expand_env(&mut v).unwrap_err(), "CROWNEST_SURELY_UNSET_VAR");
     }
 }

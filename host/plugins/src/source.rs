@@ -16,6 +16,7 @@ const BUILTINS: &[(&str, PluginKind)] = &[
     ("scoped-keys", PluginKind::AuthScoper),
     ("compute-meter", PluginKind::Meter),
     ("linux-sandbox", PluginKind::RuntimeProvider),
+    ("s3-artifacts", PluginKind::ArtifactStore),
 ];
 
 /// A plugin's origin as written in the config.
@@ -96,11 +97,33 @@ pub fn default_builtin(kind: PluginKind) -> Option<&'static str> {
     builtin_names(kind).first().copied()
 }
 
+/// `host:port` of an `http(s)://` URL.
+pub fn authority_of(url: &str) -> Option<String> {
+    let (rest, default_port) = match url.strip_prefix("https://") {
+        Some(r) => (r, 443),
+        None => (url.strip_prefix("http://")?, 80),
+    };
+    let host_port = rest.split(['/', '?']).next()?;
+    if host_port.is_empty() {
+        return None;
+    }
+    Some(if host_port.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        host_port.to_ascii_lowercase()
+    } else {
+        format!("{}:{default_port}", host_port.to_ascii_lowercase())
+    })
+}
+
 /// Grants a builtin gets when its config table has no `grants`.
-fn default_grants(name: &str) -> Grants {
+fn default_grants(name: &str, table: &PluginConfig) -> Grants {
     match name {
         "fs-artifacts" => Grants { filesystem: Some("${data_dir}/artifacts".into()), ..Grants::default() },
         "linux-sandbox" => Grants { sandbox: true, ..Grants::default() },
+        // Outgoing HTTP to the configured endpoint and nowhere else.
+        "s3-artifacts" => Grants {
+            http: table.config.get("endpoint").and_then(|v| v.as_str()).and_then(authority_of).into_iter().collect(),
+            ..Grants::default()
+        },
         _ => Grants::default(),
     }
 }
@@ -116,7 +139,7 @@ pub fn resolve(config: &Config, kind: PluginKind) -> Option<(PluginSource, Plugi
     };
     let mut grants = match (&table.grants, &source) {
         (Some(g), _) => g.clone(),
-        (None, PluginSource::Builtin(name)) => default_grants(name),
+        (None, PluginSource::Builtin(name)) => default_grants(name, &table),
         (None, PluginSource::Path(_)) => Grants::default(),
     };
     grants.filesystem = grants.filesystem.map(|d| config.expand(&d));

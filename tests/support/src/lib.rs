@@ -4,6 +4,7 @@
 //! wasm32-wasip2 workspace, independent of the `crownest` crates) once per
 //! test process and returns the path of one of them.
 
+pub mod garage;
 pub mod server;
 
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! One module per top-level command.
 
+pub mod artifacts;
 pub mod doctor;
 pub mod plugins;
 pub mod serve;

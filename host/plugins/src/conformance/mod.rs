@@ -216,8 +216,19 @@ fn load(
         host = host.with_sandbox(s.clone());
     }
     let data = scratch.join("data");
-    let grants =
-        Grants { filesystem: Some(data.to_string_lossy().into_owned()), http: opts.allow_http.clone(), sandbox };
+    // Without --allow-http, a plugin configured with an `endpoint` may reach
+    // exactly that endpoint (what the server grants builtin:s3-artifacts).
+    let allow_http = if opts.allow_http.is_empty() {
+        opts.plugin_config
+            .get("endpoint")
+            .and_then(|v| v.as_str())
+            .and_then(crate::source::authority_of)
+            .into_iter()
+            .collect()
+    } else {
+        opts.allow_http.clone()
+    };
+    let grants = Grants { filesystem: Some(data.to_string_lossy().into_owned()), http: allow_http, sandbox };
     let table = PluginConfig { config: opts.plugin_config.clone(), ..PluginConfig::default() };
     host.load(kind, source.clone(), &table, grants).map_err(|e| e.message)
 }
