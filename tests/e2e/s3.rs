@@ -138,6 +138,11 @@ async fn configuration_alone_switches_a_running_installation_between_stores() {
     let (_, meta) = api.get(&format!("/v1/artifacts/{}", b["artifactIds"][0].as_str().unwrap())).await;
     assert_eq!(meta["data"]["store"], "s3-artifacts");
     assert_eq!(g.curl_get(&format!("switched/{}", meta["data"]["locator"].as_str().unwrap())).unwrap(), b"two\n");
+    // The earlier artifact is still described, and its download says where it is.
+    let old = a["artifactIds"][0].as_str().unwrap();
+    let (st, v) = api.get(&format!("/v1/artifacts/{old}/content")).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (410, Some("artifact_in_other_store")), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("fs-artifacts"), "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,4 +311,102 @@ fn the_s3_plugin_passes_the_conformance_suite() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("PASS  put-large-streamed"), "{text}");
+}
+
+/// Random bytes that gzip cannot shrink (so the archive really is large).
+fn noise(len: usize, mut x: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_presigning_enabled_staged_parts_and_downloads_go_straight_to_the_bucket() {
+    let g = Garage::start();
+    let mut env = s3_env(&g, "pre/");
+    env.push(("CROWNEST_PLUGINS__ARTIFACT_STORE__CONFIG__PRESIGN_UPLOADS".into(), "true".into()));
+    env.push(("CROWNEST_PLUGINS__ARTIFACT_STORE__CONFIG__PRESIGN_DOWNLOADS".into(), "true".into()));
+    let s = server_with(&env);
+    let api = Api::new(&s);
+    let archive = targz(&[("blob.bin", &noise(3 << 20, 99), 0o644), ("hello.txt", b"hi\n", 0o644)]);
+    let run = api.create(json!({"command": "sha256sum blob.bin > sum.txt", "artifacts": ["sum.txt"]})).await;
+    let id = run["id"].as_str().unwrap();
+    let base = format!("/v1/workspace-runs/{id}/archive-transfers");
+    let (st, t) = api
+        .post(&base, json!({"sizeBytes": archive.len(), "sha256": sha256(&archive), "partSizeBytes": 1 << 20}))
+        .await;
+    assert_eq!(st, 201, "{t}");
+    let t = t["data"].clone();
+    let tid = t["id"].as_str().unwrap().to_string();
+    assert_eq!(t["mode"], "presigned", "{t}");
+    let count = t["partCount"].as_u64().unwrap();
+    assert!(count >= 3, "{t}");
+    let urls: Vec<String> =
+        t["uploadUrls"].as_array().unwrap().iter().map(|u| u["url"].as_str().unwrap().to_string()).collect();
+    assert_eq!(urls.len() as u64, count);
+    assert!(urls.iter().all(|u| u.starts_with(&g.endpoint) && u.contains("X-Amz-Signature")), "{urls:?}");
+    assert!(urls.iter().all(|u| !u.contains(&g.secret)), "no secret in a presigned URL");
+
+    // Parts do not go through the API for such a transfer.
+    let (st, v) = api.send(api.http.put(format!("{}{base}/{tid}/parts/0", s.url)).body(vec![0u8; 4])).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (409, Some("transfer_is_presigned")), "{v}");
+
+    // Completing before every part is there names the missing part.
+    let part = |n: usize| archive[n << 20..((n + 1) << 20).min(archive.len())].to_vec();
+    let plain = reqwest::Client::new();
+    for (n, url) in urls.iter().enumerate().skip(1) {
+        let r = plain.put(url).body(part(n)).send().await.unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+    let (st, v) = api.post(&format!("{base}/{tid}/complete"), json!({})).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (409, Some("transfer_incomplete")), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("part 0"), "{v}");
+
+    // A part of the wrong size is named too; re-uploading it fixes the transfer.
+    plain.put(&urls[0]).body(part(0)[..1000].to_vec()).send().await.unwrap();
+    let (st, v) = api.post(&format!("{base}/{tid}/complete"), json!({})).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (422, Some("part_size_mismatch")), "{v}");
+    // Fresh URLs come with a GET of the transfer.
+    let (_, again) = api.get(&format!("{base}/{tid}")).await;
+    let fresh = again["data"]["uploadUrls"][0]["url"].as_str().unwrap().to_string();
+    assert!(plain.put(&fresh).body(part(0)).send().await.unwrap().status().is_success());
+    let (st, v) = api.post(&format!("{base}/{tid}/complete"), json!({})).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["data"]["archive"]["upload"], "staged", "{v}");
+    assert!(g.curl_get(&format!("pre/transfers/{tid}/part-0")).is_none(), "parts are deleted once the archive is kept");
+
+    let (st, v) = api.start(id).await;
+    assert_eq!(st, 202, "{v}");
+    let done = api.wait(id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+
+    // The artifact download is a redirect to a presigned GET on the bucket.
+    let aid = done["artifactIds"][0].as_str().unwrap();
+    let no_follow = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r =
+        no_follow.get(format!("{}/v1/artifacts/{aid}/content", s.url)).bearer_auth(&s.api_key).send().await.unwrap();
+    assert!(r.status().is_redirection(), "{}", r.status());
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.starts_with(&g.endpoint), "{location}");
+    let sum = plain.get(&location).send().await.unwrap().text().await.unwrap();
+    let blob_sha = sha256(&noise(3 << 20, 99));
+    assert!(sum.starts_with(&blob_sha), "{sum}");
+
+    // The CLI takes the same path for an archive above the direct limit.
+    let dir = tempfile::tempdir().unwrap();
+    let big = targz(&[("big.bin", &noise(9 << 20, 7), 0o644)]);
+    let path = dir.path().join("big.tgz");
+    std::fs::write(&path, &big).unwrap();
+    let out = s
+        .cli()
+        .args(["workspace-runs", "run-archive", path.to_str().unwrap(), "--", "wc -c < big.bin"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), (9u64 << 20).to_string());
 }

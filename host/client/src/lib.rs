@@ -153,6 +153,36 @@ impl Client {
         Self::decode(resp).await
     }
 
+    /// Upload bytes to a presigned URL the API handed out (a staged archive
+    /// part going straight to object storage): no API key is sent, and
+    /// transport failures and 5xx are retried (a part PUT is idempotent).
+    pub async fn put_presigned(&self, url: &str, body: Bytes) -> Result<()> {
+        let mut attempt = 0;
+        loop {
+            let sent = self.http.put(url).header("content-length", body.len()).body(body.clone()).send().await;
+            match sent {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) if r.status().is_server_error() && attempt < RETRIES => {}
+                Ok(r) => {
+                    let status = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    let host = url.split('?').next().unwrap_or(url);
+                    return Err(ClientError::Other(format!(
+                        "object storage refused the part upload to {host} with {status}: {}",
+                        text.chars().take(300).collect::<String>()
+                    )));
+                }
+                Err(e) if attempt >= RETRIES => {
+                    let host = url.split('?').next().unwrap_or(url).to_string();
+                    return Err(ClientError::Transport { url: host, message: e.to_string() });
+                }
+                Err(_) => {}
+            }
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+        }
+    }
+
     /// Raw response bytes of a GET that returns `{ "data": <bytes> }`
     /// unchanged (the Evidence Bundle): the inner bytes, exactly.
     pub async fn get_raw_data(&self, path: &str) -> Result<Vec<u8>> {

@@ -70,11 +70,30 @@ pub fn artifact(a: &ArtifactRecord) -> Value {
     })
 }
 
-pub fn transfer(t: &Transfer) -> Value {
+/// Presigned upload URLs for the parts of a transfer.
+pub struct PartUrls {
+    /// `(part, url)` in part order.
+    pub urls: Vec<(u64, String)>,
+    pub expires_at_ms: u64,
+}
+
+/// A staged transfer, with the part upload URLs of a `presigned` one (the
+/// server does not see those parts arrive, so it lists none as received).
+pub fn transfer(t: &Transfer, urls: Option<&PartUrls>) -> Value {
     let missing: Vec<u64> = (0..t.part_count()).filter(|n| !t.parts.contains(n)).collect();
-    json!({
+    let mut v = json!({
         "id": t.id, "runId": t.run_id, "sizeBytes": t.size, "sha256": t.sha256, "partSizeBytes": t.part_size,
         "partCount": t.part_count(), "receivedParts": t.parts, "missingParts": missing, "status": t.status,
-        "createdAt": rfc3339(t.created_at_ms),
-    })
+        "mode": t.mode, "createdAt": rfc3339(t.created_at_ms),
+    });
+    if t.mode == "presigned" {
+        let o = v.as_object_mut().expect("object");
+        o.remove("receivedParts");
+        o.remove("missingParts");
+    }
+    if let Some(p) = urls {
+        v["uploadUrls"] = p.urls.iter().map(|(n, url)| json!({"part": n, "url": url})).collect();
+        v["uploadUrlsExpireAt"] = json!(rfc3339(p.expires_at_ms));
+    }
+    v
 }

@@ -27,6 +27,9 @@ pub struct S3Config {
     pub max_attempts: u32,
     /// Serve artifact downloads as redirects to presigned URLs.
     pub presign_downloads: bool,
+    /// Let clients upload staged archive parts straight to the bucket
+    /// through presigned URLs.
+    pub presign_uploads: bool,
 }
 
 fn text(key: &str) -> Option<String> {
@@ -77,6 +80,7 @@ impl S3Config {
             part_size,
             max_attempts: number("max_attempts", 4)?.clamp(1, 10) as u32,
             presign_downloads: text("presign_downloads").is_some_and(|v| v == "true"),
+            presign_uploads: text("presign_uploads").is_some_and(|v| v == "true"),
         })
     }
 }

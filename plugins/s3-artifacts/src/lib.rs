@@ -13,8 +13,10 @@
 //!   errors. A multipart upload that fails is aborted; if even the abort
 //!   fails (the service is down), the upload id stays in `kv` and is aborted
 //!   by the next `check` or `put`, so no orphaned parts remain.
-//! - get streams the object back; stat, delete; presigned GET/PUT URLs when
-//!   `presign_downloads = true`.
+//! - get streams the object back; stat, delete; presigned GET URLs when
+//!   `presign_downloads = true` (artifact downloads become redirects) and
+//!   PUT URLs when `presign_uploads = true` (staged archive parts go
+//!   straight to the bucket).
 
 mod config;
 mod errors;
@@ -69,12 +71,12 @@ impl Guest for S3Artifacts {
     fn presign_get(locator: String, expires_in_secs: u32) -> Result<Option<String>, Error> {
         keys::validate(&locator)?;
         let s = s3::Store::open()?;
-        Ok(s.presign_enabled().then(|| s.presign_get(&locator, expires_in_secs)))
+        Ok(s.presign_downloads().then(|| s.presign_get(&locator, expires_in_secs)))
     }
 
     fn presign_put(key: String, expires_in_secs: u32) -> Result<Option<String>, Error> {
         keys::validate(&key)?;
         let s = s3::Store::open()?;
-        Ok(s.presign_enabled().then(|| s.presign_put(&key, expires_in_secs)))
+        Ok(s.presign_uploads().then(|| s.presign_put(&key, expires_in_secs)))
     }
 }

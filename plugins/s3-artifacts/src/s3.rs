@@ -59,8 +59,12 @@ impl Store {
         Ok(Store { cfg, bucket, creds })
     }
 
-    pub fn presign_enabled(&self) -> bool {
+    pub fn presign_downloads(&self) -> bool {
         self.cfg.presign_downloads
+    }
+
+    pub fn presign_uploads(&self) -> bool {
+        self.cfg.presign_uploads
     }
 
     fn object(&self, key: &str) -> String {

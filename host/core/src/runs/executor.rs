@@ -110,6 +110,11 @@ impl Executor {
         Arc::new(Executor { store, hub, backends, settings, slots, cancels: Mutex::default(), kept: Mutex::default() })
     }
 
+    /// The name artifact records carry for the active artifact store.
+    pub fn artifact_store_name(&self) -> &str {
+        &self.settings.artifact_store_name
+    }
+
     pub fn hub(&self) -> &Arc<EventHub> {
         &self.hub
     }

@@ -87,7 +87,14 @@ impl<R: AsyncRead + Unpin> AsyncRead for Verifying<R> {
 }
 
 /// Store the archive body under the run and verify it; returns its locator.
-async fn store_archive(state: &AppState, run: &Run, size: u64, sha256: &str, body: ByteStream) -> ApiResult<String> {
+async fn store_archive(
+    state: &AppState,
+    run: &Run,
+    size: u64,
+    sha256: &str,
+    body: ByteStream,
+    source_problem: Option<SourceProblem>,
+) -> ApiResult<String> {
     let seen = Arc::new(Mutex::new((0u64, Sha256::new(), None::<String>)));
     let reader = Verifying { inner: body, seen: seen.clone(), max: size };
     let req = PutRequest {
@@ -135,6 +142,9 @@ async fn store_archive(state: &AppState, run: &Run, size: u64, sha256: &str, bod
             Ok(info.locator)
         }
         Err(e) => Err(match problem {
+            _ if source_problem.as_ref().is_some_and(|p| p.lock().unwrap().is_some()) => {
+                source_problem.unwrap().lock().unwrap().take().unwrap()
+            }
             Some(code) => mismatch(&code),
             None if e.kind == ErrorKind::Invalid && count != size => {
                 ApiError::unprocessable("archive_size_mismatch", format!("declared sizeBytes {size}, received {count}"))
@@ -215,7 +225,7 @@ pub async fn direct(
                 return Err(ApiError::unprocessable("archive_size_mismatch", format!("declared sizeBytes {size}, but Content-Length is {len}")));
             }
         }
-        let locator = store_archive(&state, &run, size, &sha, body_reader(body)).await?;
+        let locator = store_archive(&state, &run, size, &sha, body_reader(body), None).await?;
         let info = ArchiveInfo { size_bytes: size, sha256: sha.clone(), upload: "direct".into(), locator, uploaded_at_ms: now_ms() };
         let run = attach(&state, &run, info).await?;
         tracing::info!(run_id = %run.id, size, "archive uploaded");
@@ -235,6 +245,45 @@ struct TransferBody {
 fn transfer_dir(state: &AppState, id: &str) -> std::path::PathBuf {
     state.transfers_dir.join(id)
 }
+
+/// How long a presigned part upload URL stays valid; `GET` on the transfer
+/// hands out fresh ones.
+const PART_URL_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Where part `n` of a presigned transfer lives in the artifact store.
+fn part_key(transfer: &str, n: u64) -> String {
+    format!("transfers/{transfer}/part-{n}")
+}
+
+/// Fresh upload URLs for the parts of a presigned transfer (`None` for a
+/// transfer through the server).
+async fn upload_urls(state: &AppState, t: &Transfer) -> ApiResult<Option<views::PartUrls>> {
+    if t.mode != "presigned" || t.status != "open" {
+        return Ok(None);
+    }
+    let expires_at_ms = now_ms() + PART_URL_TTL.as_millis() as u64;
+    let mut urls = Vec::with_capacity(t.part_count() as usize);
+    for n in 0..t.part_count() {
+        match state.artifacts.presign_put(&part_key(&t.id, n), PART_URL_TTL).await.map_err(ApiError::plugin)? {
+            Some(url) => urls.push((n, url)),
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "presign_unavailable",
+                    format!(
+                        "transfer {} uploads through presigned URLs, but the artifact store no longer issues them (was `presign_uploads` turned off?); create a new transfer",
+                        t.id
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Some(views::PartUrls { urls, expires_at_ms }))
+}
+
+/// The first thing wrong with the parts a concatenation read (a missing
+/// part, a part of the wrong size), to report instead of the store's error.
+type SourceProblem = Arc<Mutex<Option<ApiError>>>;
 
 /// `POST /v1/workspace-runs/{id}/archive-transfers`
 pub async fn create_transfer(
@@ -267,8 +316,18 @@ pub async fn create_transfer(
             return Err(ApiError::unprocessable("invalid_request", "`partSizeBytes` must be between 1 MiB and 64 MiB"));
         }
         must_await_archive(&run)?;
+        let id = new_id("xfr");
+        // Parts go straight to the store when it hands out upload URLs (the
+        // operator enabled it in the store's config), else through us.
+        let presigned = match state.artifacts.presign_put(&part_key(&id, 0), PART_URL_TTL).await {
+            Ok(url) => url.is_some(),
+            Err(e) => {
+                tracing::warn!(run_id = %run.id, error = %e, "the artifact store could not presign an upload; parts go through the server");
+                false
+            }
+        };
         let t = Transfer {
-            id: new_id("xfr"),
+            id,
             run_id: run.id.clone(),
             size: b.size_bytes,
             sha256: sha,
@@ -276,11 +335,15 @@ pub async fn create_transfer(
             parts: vec![],
             status: "open".into(),
             created_at_ms: 0,
+            mode: if presigned { "presigned" } else { "server" }.into(),
         };
-        std::fs::create_dir_all(transfer_dir(&state, &t.id))
-            .map_err(|e| ApiError::internal(format!("cannot prepare the transfer: {e}")))?;
+        if !presigned {
+            std::fs::create_dir_all(transfer_dir(&state, &t.id))
+                .map_err(|e| ApiError::internal(format!("cannot prepare the transfer: {e}")))?;
+        }
         let t = state.store.create_transfer(t).await.map_err(ApiError::store)?;
-        Ok(json::data(StatusCode::CREATED, views::transfer(&t)))
+        let urls = upload_urls(&state, &t).await?;
+        Ok(json::data(StatusCode::CREATED, views::transfer(&t, urls.as_ref())))
     }
     .await;
     r.unwrap_or_else(IntoResponse::into_response)
@@ -304,10 +367,13 @@ pub async fn get_transfer(
     caller: Caller,
     Path((id, tid)): Path<(String, String)>,
 ) -> Response {
-    match visible_transfer(&state, &caller, &id, &tid).await {
-        Ok((_, t)) => json::data(StatusCode::OK, views::transfer(&t)),
-        Err(e) => e.into_response(),
+    let r: ApiResult<Response> = async {
+        let (_, t) = visible_transfer(&state, &caller, &id, &tid).await?;
+        let urls = upload_urls(&state, &t).await?;
+        Ok(json::data(StatusCode::OK, views::transfer(&t, urls.as_ref())))
     }
+    .await;
+    r.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// `PUT …/archive-transfers/{tid}/parts/{n}`: exactly the part's bytes; a
@@ -322,6 +388,14 @@ pub async fn put_part(
         let (_, t) = visible_transfer(&state, &caller, &id, &tid).await?;
         if t.status != "open" {
             return Err(ApiError::conflict("transfer_complete", format!("transfer {tid} is already complete")));
+        }
+        if t.mode == "presigned" {
+            return Err(ApiError::conflict(
+                "transfer_is_presigned",
+                format!(
+                    "transfer {tid} takes its parts at the presigned `uploadUrls` of the transfer, not through the API"
+                ),
+            ));
         }
         if n >= t.part_count() {
             return Err(ApiError::bad_request(
@@ -362,40 +436,87 @@ pub async fn put_part(
         file.sync_all().await.map_err(|e| ApiError::internal(e.to_string()))?;
         tokio::fs::rename(&tmp, dir.join(format!("part-{n}"))).await.map_err(|e| ApiError::internal(e.to_string()))?;
         let t = state.store.mark_part(tid.clone(), n).await.map_err(ApiError::store)?;
-        Ok(json::data(StatusCode::OK, views::transfer(&t)))
+        Ok(json::data(StatusCode::OK, views::transfer(&t, None)))
     }
     .await;
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// The parts of a transfer as one stream, in order.
-fn concatenated(dir: std::path::PathBuf, count: u64) -> ByteStream {
+/// Where the parts of a transfer are read from.
+#[derive(Clone)]
+enum PartSource {
+    /// Files the server received (`part-<n>` in the transfer's directory).
+    Dir(std::path::PathBuf),
+    /// Objects clients uploaded to the artifact store with presigned URLs.
+    Store(AppState, String),
+}
+
+impl PartSource {
+    async fn open(&self, n: u64) -> Result<ByteStream, ApiError> {
+        match self {
+            PartSource::Dir(dir) => match tokio::fs::File::open(dir.join(format!("part-{n}"))).await {
+                Ok(f) => Ok(Box::new(f) as ByteStream),
+                Err(e) => Err(ApiError::internal(format!("cannot read part {n} of the transfer: {e}"))),
+            },
+            PartSource::Store(state, tid) => state.artifacts.get(&part_key(tid, n)).await.map_err(|e| {
+                if e.kind == ErrorKind::NotFound {
+                    ApiError::conflict(
+                        "transfer_incomplete",
+                        format!("part {n} of transfer {tid} has not been uploaded; PUT it to its upload URL and complete again"),
+                    )
+                } else {
+                    ApiError::plugin(e)
+                }
+            }),
+        }
+    }
+}
+
+/// The parts of a transfer as one stream, in order, each checked for its
+/// exact length; the first problem is left in `problem`.
+fn concatenated(source: PartSource, t: &Transfer, problem: SourceProblem) -> ByteStream {
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
+    let lens: Vec<u64> = (0..t.part_count()).map(|n| t.part_len(n)).collect();
     tokio::spawn(async move {
         use tokio::io::AsyncReadExt;
-        for n in 0..count {
-            let mut f = match tokio::fs::File::open(dir.join(format!("part-{n}"))).await {
-                Ok(f) => f,
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
+        let fail = async |e: ApiError| {
+            let msg = e.message.clone();
+            *problem.lock().unwrap() = Some(e);
+            let _ = tx.send(Err(io::Error::other(msg))).await;
+        };
+        for (n, want) in lens.into_iter().enumerate() {
+            let n = n as u64;
+            let mut part = match source.open(n).await {
+                Ok(p) => p,
+                Err(e) => return fail(e).await,
             };
+            let mut got = 0u64;
             loop {
                 let mut buf = vec![0u8; 1 << 20];
-                match f.read(&mut buf).await {
+                match part.read(&mut buf).await {
                     Ok(0) => break,
                     Ok(k) => {
+                        got += k as u64;
+                        if got > want {
+                            break;
+                        }
                         buf.truncate(k);
                         if tx.send(Ok(Bytes::from(buf))).await.is_err() {
                             return;
                         }
                     }
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
+                    Err(e) => return fail(ApiError::internal(format!("reading part {n} failed: {e}"))).await,
                 }
+            }
+            if got != want {
+                return fail(ApiError::unprocessable(
+                    "part_size_mismatch",
+                    format!(
+                        "part {n} must be exactly {want} bytes; the uploaded part has {}{got}",
+                        if got > want { "more than " } else { "" }
+                    ),
+                ))
+                .await;
             }
         }
     });
@@ -427,7 +548,7 @@ pub async fn complete_transfer(
     let hash = idempotency::hash(&[id.as_bytes(), tid.as_bytes()]);
     idempotency::once(&state, &run.project_id.clone(), "upload", key, hash, async || {
         let missing: Vec<u64> = (0..t.part_count()).filter(|n| !t.parts.contains(n)).collect();
-        if !missing.is_empty() {
+        if t.mode != "presigned" && !missing.is_empty() {
             return Err(ApiError::conflict(
                 "transfer_incomplete",
                 format!("transfer {tid} is missing parts {missing:?}; upload them and complete again"),
@@ -435,7 +556,11 @@ pub async fn complete_transfer(
         }
         must_await_archive(&run)?;
         let dir = transfer_dir(&state, &tid);
-        let locator = store_archive(&state, &run, t.size, &t.sha256, concatenated(dir.clone(), t.part_count())).await?;
+        let source =
+            if t.mode == "presigned" { PartSource::Store(state.clone(), tid.clone()) } else { PartSource::Dir(dir.clone()) };
+        let problem = SourceProblem::default();
+        let body = concatenated(source, &t, problem.clone());
+        let locator = store_archive(&state, &run, t.size, &t.sha256, body, Some(problem)).await?;
         let info = ArchiveInfo {
             size_bytes: t.size,
             sha256: t.sha256.clone(),
@@ -445,8 +570,16 @@ pub async fn complete_transfer(
         };
         let run = attach(&state, &run, info).await?;
         state.store.complete_transfer(tid.clone()).await.map_err(ApiError::store)?;
-        let _ = tokio::fs::remove_dir_all(&dir).await;
-        tracing::info!(run_id = %run.id, size = t.size, "staged archive completed");
+        if t.mode == "presigned" {
+            for n in 0..t.part_count() {
+                if let Err(e) = state.artifacts.delete(&part_key(&tid, n)).await {
+                    tracing::warn!(run_id = %run.id, part = n, error = %e, "could not delete a transfer part from the store");
+                }
+            }
+        } else {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+        }
+        tracing::info!(run_id = %run.id, size = t.size, mode = %t.mode, "staged archive completed");
         Ok((StatusCode::OK, views::run(&run)))
     })
     .await

@@ -46,6 +46,17 @@ pub async fn list_for_run(State(state): State<AppState>, caller: Caller, Path(id
 pub async fn content(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {
     let r: ApiResult<Response> = async {
         let a = visible_artifact(&state, &caller, &id).await?;
+        let active = state.executor.artifact_store_name();
+        if a.store != active {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "artifact_in_other_store",
+                format!(
+                    "artifact {id} is kept by the `{}` artifact store, but this server now uses `{active}`; configure `{}` again to read it",
+                    a.store, a.store
+                ),
+            ));
+        }
         if let Ok(Some(url)) = state.artifacts.presign_get(&a.locator, std::time::Duration::from_secs(300)).await {
             return Ok((StatusCode::FOUND, [(header::LOCATION, url)]).into_response());
         }

@@ -76,7 +76,8 @@ CREATE INDEX IF NOT EXISTS artifacts_by_run ON artifacts (run_id, created_at);
 CREATE TABLE IF NOT EXISTS evidence (run_id TEXT PRIMARY KEY, bytes BLOB NOT NULL, sha256 TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS transfers (
     id TEXT PRIMARY KEY, run_id TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL,
-    part_size INTEGER NOT NULL, parts TEXT NOT NULL, status TEXT NOT NULL, created_at INTEGER NOT NULL
+    part_size INTEGER NOT NULL, parts TEXT NOT NULL, status TEXT NOT NULL, created_at INTEGER NOT NULL,
+    mode TEXT NOT NULL DEFAULT 'server'
 );
 CREATE TABLE IF NOT EXISTS idempotency (
     project_id TEXT NOT NULL, endpoint TEXT NOT NULL, key TEXT NOT NULL, request_hash TEXT NOT NULL,
@@ -84,6 +85,15 @@ CREATE TABLE IF NOT EXISTS idempotency (
     PRIMARY KEY (project_id, endpoint, key)
 );
 "#;
+
+/// Bring a data directory written by an older build up to the schema.
+fn migrate(conn: &Connection) -> anyhow::Result<()> {
+    let has_mode: bool = conn.prepare("SELECT 1 FROM pragma_table_info('transfers') WHERE name = 'mode'")?.exists([])?;
+    if !has_mode {
+        conn.execute_batch("ALTER TABLE transfers ADD COLUMN mode TEXT NOT NULL DEFAULT 'server'")?;
+    }
+    Ok(())
+}
 
 /// The store. Cheap to clone.
 #[derive(Clone)]
@@ -105,6 +115,7 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         {
             use std::os::unix::fs::PermissionsExt;
             for f in ["crownest.db", "crownest.db-wal", "crownest.db-shm"] {

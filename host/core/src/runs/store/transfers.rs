@@ -18,6 +18,9 @@ pub struct Transfer {
     pub parts: Vec<u64>,
     /// `open` or `complete`.
     pub status: String,
+    /// `server` (parts are PUT to the API) or `presigned` (parts go straight
+    /// to the artifact store through presigned URLs).
+    pub mode: String,
     pub created_at_ms: u64,
 }
 
@@ -34,7 +37,7 @@ impl Transfer {
 
 fn load(conn: &rusqlite::Connection, id: &str) -> Result<Transfer> {
     Ok(conn.query_row(
-        "SELECT id, run_id, size, sha256, part_size, parts, status, created_at FROM transfers WHERE id = ?1",
+        "SELECT id, run_id, size, sha256, part_size, parts, status, created_at, mode FROM transfers WHERE id = ?1",
         params![id],
         |r| {
             let parts: String = r.get(5)?;
@@ -47,6 +50,7 @@ fn load(conn: &rusqlite::Connection, id: &str) -> Result<Transfer> {
                 parts: serde_json::from_str(&parts).unwrap_or_default(),
                 status: r.get(6)?,
                 created_at_ms: r.get::<_, i64>(7)? as u64,
+                mode: r.get(8)?,
             })
         },
     )?)
@@ -56,8 +60,8 @@ impl Store {
     pub async fn create_transfer(&self, t: Transfer) -> Result<Transfer> {
         self.with(move |conn| {
             conn.execute(
-                "INSERT INTO transfers (id, run_id, size, sha256, part_size, parts, status, created_at) VALUES (?1, ?2, ?3, ?4, ?5, '[]', 'open', ?6)",
-                params![t.id, t.run_id, t.size as i64, t.sha256, t.part_size as i64, now_ms() as i64],
+                "INSERT INTO transfers (id, run_id, size, sha256, part_size, parts, status, created_at, mode) VALUES (?1, ?2, ?3, ?4, ?5, '[]', 'open', ?6, ?7)",
+                params![t.id, t.run_id, t.size as i64, t.sha256, t.part_size as i64, now_ms() as i64, t.mode],
             )?;
             load(conn, &t.id)
         })
