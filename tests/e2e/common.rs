@@ -13,10 +13,16 @@ pub fn exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_crownest"))
 }
 
-/// A server with a 1 s heartbeat and the shared compile cache.
+/// A server with a 1 s heartbeat, the shared compile cache and room for
+/// many concurrent sandboxes (tests of the default plan set
+/// `MAX_CONCURRENT_SANDBOXES` back to 2).
 pub fn server(extra: &[(&str, &str)]) -> Server {
     let cache = crownest_test_support::target_dir().join("e2e-compile-cache").display().to_string();
-    let mut env = vec![("CROWNEST_RUNS__HEARTBEAT_SECS", "1"), ("CROWNEST_ENGINE__CACHE_DIR", cache.as_str())];
+    let mut env = vec![
+        ("CROWNEST_RUNS__HEARTBEAT_SECS", "1"),
+        ("CROWNEST_ENGINE__CACHE_DIR", cache.as_str()),
+        ("CROWNEST_PLUGINS__METER__CONFIG__MAX_CONCURRENT_SANDBOXES", "1000"),
+    ];
     env.extend_from_slice(extra);
     Server::start(&exe(), &env)
 }

@@ -132,6 +132,7 @@ async fn main() {
             ("CROWNEST_RUNS__OUTPUT_CAP_BYTES", cap.as_str()),
             ("CROWNEST_RUNS__DIRECT_UPLOAD_MAX_BYTES", "268435456"),
             ("CROWNEST_RUNS__MAX_CONCURRENT_RUNS", "64"),
+            ("CROWNEST_PLUGINS__METER__CONFIG__MAX_CONCURRENT_SANDBOXES", "64"),
         ],
     );
     let api = Api { http: reqwest::Client::new(), url: server.url.clone(), key: server.api_key.clone() };

@@ -39,6 +39,28 @@ enum Command {
     /// Workspace Runs: run an archive in a sandbox and keep the evidence.
     #[command(subcommand, name = "workspace-runs")]
     WorkspaceRuns(commands::workspace_runs::Command),
+    /// API keys (admin credential).
+    #[command(subcommand)]
+    Keys(commands::control::KeysCommand),
+    /// Projects.
+    #[command(subcommand)]
+    Projects(commands::control::ProjectsCommand),
+    /// Metered usage: compute_unit_seconds and amounts by billing bucket.
+    Usage {
+        #[arg(long)]
+        project: Option<String>,
+        /// First billing month (`YYYY-MM`).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last billing month (`YYYY-MM`).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The audit trail.
+    #[command(subcommand)]
+    Audit(commands::control::AuditCommand),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +91,10 @@ fn main() -> ExitCode {
             Command::Templates(cmd) => commands::templates::run(&ctx, cmd).await,
             Command::WorkspaceRuns(cmd) => commands::workspace_runs::run(&ctx, cmd).await,
             Command::Artifacts(cmd) => commands::artifacts::run(&ctx, cmd).await,
+            Command::Keys(cmd) => commands::control::keys(&ctx, cmd).await,
+            Command::Projects(cmd) => commands::control::projects(&ctx, cmd).await,
+            Command::Usage { project, from, to, json } => commands::control::usage(&ctx, project, from, to, json).await,
+            Command::Audit(cmd) => commands::control::audit(&ctx, cmd).await,
         }
     });
     match result {

@@ -18,7 +18,8 @@ use serde::Deserialize;
 use crate::plugin_kind::PluginKind;
 
 /// Environment variables with the `CROWNEST_` prefix that are not config keys.
-const NON_CONFIG_ENV: &[&str] = &["CROWNEST_CONFIG", "CROWNEST_API_KEY", "CROWNEST_API_URL", "CROWNEST_LOG"];
+const NON_CONFIG_ENV: &[&str] =
+    &["CROWNEST_CONFIG", "CROWNEST_API_KEY", "CROWNEST_API_URL", "CROWNEST_ADMIN_TOKEN", "CROWNEST_LOG"];
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]

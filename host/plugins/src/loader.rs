@@ -131,6 +131,11 @@ impl PluginHost {
         self
     }
 
+    /// The key-value store behind every plugin's `kv`.
+    pub fn kv(&self) -> &Arc<dyn KeyValueStore> {
+        &self.kv
+    }
+
     pub fn sandbox(&self) -> Option<&Arc<crownest_sandbox::SandboxHost>> {
         self.sandbox.as_ref()
     }

@@ -97,3 +97,37 @@ pub fn transfer(t: &Transfer, urls: Option<&PartUrls>) -> Value {
     }
     v
 }
+
+pub fn project(p: &crownest_core::runs::store::Project) -> Value {
+    json!({"id": p.id, "orgId": p.org_id, "name": p.name, "createdAt": rfc3339(p.created_at_ms)})
+}
+
+/// A key's record: never its secret.
+pub fn api_key(k: &crownest_core::runs::store::ApiKeyInfo) -> Value {
+    json!({
+        "id": k.id, "orgId": k.org_id, "projectId": k.project_id, "scopes": k.scopes,
+        "createdAt": rfc3339(k.created_at_ms), "expiresAt": ts(k.expires_at_ms), "revokedAt": ts(k.revoked_at_ms),
+        "status": if k.revoked_at_ms.is_some() { "revoked" } else if k.expires_at_ms.is_some_and(|e| e <= crownest_core::runs::ids::now_ms()) { "expired" } else { "active" },
+    })
+}
+
+pub fn audit_event(e: &crownest_core::runs::store::AuditEvent) -> Value {
+    json!({
+        "id": e.id, "at": rfc3339(e.at_ms), "orgId": e.org_id, "actor": e.actor, "action": e.action,
+        "target": e.target, "projectId": e.project_id, "requestId": e.request_id, "outcome": e.outcome,
+        "detail": e.detail,
+    })
+}
+
+/// Amounts in micro-dollars and as a decimal string (no float rounding).
+pub fn usage(u: &crownest_core::ports::Usage) -> Value {
+    json!({
+        "bucket": u.bucket, "pricingVersion": u.pricing_version, "projectId": u.project_id,
+        "computeUnitSeconds": u.compute_unit_seconds, "amountMicroUsd": u.amount_micro_usd,
+        "amountUsd": usd(u.amount_micro_usd),
+    })
+}
+
+pub fn usd(micro: u64) -> String {
+    format!("{}.{:06}", micro / 1_000_000, micro % 1_000_000)
+}

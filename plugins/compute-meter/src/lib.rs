@@ -34,8 +34,9 @@ fn usage_key(bucket: &str, version: &str, project: &str) -> String {
     format!("usage/{bucket}/{version}/{project}")
 }
 
-fn bucket_total_key(bucket: &str) -> String {
-    format!("bucket-total/{bucket}")
+/// The organization's total in a bucket (what a cap applies to).
+fn bucket_total_key(org: &str, bucket: &str) -> String {
+    format!("bucket-total/{org}/{bucket}")
 }
 
 fn sandbox_key(id: &str) -> String {
@@ -62,16 +63,16 @@ impl Guest for ComputeMeter {
         let s = Settings::load()?;
         if subject.active_sandboxes >= s.max_concurrent_sandboxes {
             return Err(Error::QuotaExceeded(format!(
-                "plan limit reached: at most {} concurrent sandboxes",
-                s.max_concurrent_sandboxes
+                "plan limit `max_concurrent_sandboxes` reached: {} of {} concurrent sandboxes are running; wait for one to end",
+                subject.active_sandboxes, s.max_concurrent_sandboxes
             )));
         }
         let bucket = calendar::month_bucket(subject.started_at_ms);
         if let Some(cap) = s.cap_compute_unit_seconds {
-            let used = read_counter(&bucket_total_key(&bucket))?;
+            let used = read_counter(&bucket_total_key(&subject.org_id, &bucket))?;
             if used >= cap {
                 return Err(Error::QuotaExceeded(format!(
-                    "compute cap reached: {used} of {cap} compute_unit_seconds used in bucket {bucket}"
+                    "compute cap `cap_compute_unit_seconds` reached: {used} of {cap} compute_unit_seconds used in bucket {bucket}"
                 )));
             }
         }
@@ -84,7 +85,7 @@ impl Guest for ComputeMeter {
         let units = u64::from(seconds) * u64::from(subject.compute_units);
         let delta = i64::try_from(units).map_err(|_| Error::Invalid("tick too large".into()))?;
         kv::increment(&usage_key(&admission.bucket, &admission.pricing_version, &subject.project_id), delta)?;
-        let total = kv::increment(&bucket_total_key(&admission.bucket), delta)?;
+        let total = kv::increment(&bucket_total_key(&subject.org_id, &admission.bucket), delta)?;
         let lived = kv::increment(&sandbox_key(&subject.sandbox_id), i64::from(seconds))?;
         if let Some(cap) = s.cap_compute_unit_seconds {
             if total as u64 >= cap {
@@ -106,9 +107,16 @@ impl Guest for ComputeMeter {
         check_admission(&admission)?;
         let s = Settings::load()?;
         let key = sandbox_key(&subject.sandbox_id);
-        let ticked = read_counter(&key)?.max(total_secs);
+        let ticked = read_counter(&key)?;
+        // Seconds the sandbox lived after its last tick count too.
+        if total_secs > ticked {
+            let extra = i64::try_from((total_secs - ticked) * u64::from(subject.compute_units))
+                .map_err(|_| Error::Invalid("settle too large".into()))?;
+            kv::increment(&usage_key(&admission.bucket, &admission.pricing_version, &subject.project_id), extra)?;
+            kv::increment(&bucket_total_key(&subject.org_id, &admission.bucket), extra)?;
+        }
         kv::delete(&key)?;
-        let cus = ticked * u64::from(subject.compute_units);
+        let cus = ticked.max(total_secs) * u64::from(subject.compute_units);
         Ok(Usage {
             bucket: admission.bucket,
             pricing_version: admission.pricing_version,

@@ -16,6 +16,8 @@ pub struct Server {
     pub child: Option<Child>,
     pub exe: PathBuf,
     pub env: Vec<(String, String)>,
+    /// Every line the server wrote to stderr (its log), across restarts.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     port: u16,
     _dir: Option<tempfile::TempDir>,
 }
@@ -39,6 +41,7 @@ impl Server {
             child: None,
             exe: exe.to_path_buf(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            log: Default::default(),
             port: free_port(),
             _dir: Some(dir),
         };
@@ -64,8 +67,10 @@ impl Server {
         let mut child = cmd.spawn().expect("start crownest serve");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = self.log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log.lock().unwrap().push(line.clone());
                 if line.contains("serving the API on") {
                     let _ = tx.send(Ok(()));
                 }
@@ -96,6 +101,11 @@ impl Server {
         self.admin_token = v["adminToken"].as_str().unwrap().to_string();
         self.url = format!("http://127.0.0.1:{}", self.port);
         self.child = Some(child);
+    }
+
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
     }
 
     /// `kill -9` the server.

@@ -1,6 +1,7 @@
 //! One module per top-level command.
 
 pub mod artifacts;
+pub mod control;
 pub mod doctor;
 pub mod plugins;
 pub mod serve;

@@ -12,6 +12,7 @@ use crownest_core::ports::{ArtifactStore, AuthScoper, Meter, RuntimeProvider};
 use crownest_core::runs::Store;
 use crownest_core::runs::executor::{Backends, Executor, ExecutorSettings};
 use crownest_core::runs::hub::EventHub;
+use crownest_core::runs::metering::Metering;
 use crownest_core::runs::output::OutputSettings;
 use crownest_server::{AppState, Limits};
 
@@ -75,9 +76,8 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
     let artifacts: Arc<dyn ArtifactStore> = Arc::new(artifacts);
     runtime.check().await.map_err(|e| anyhow::anyhow!("runtime provider check failed: {}", e.message))?;
     artifacts.check().await.map_err(|e| anyhow::anyhow!("artifact store check failed: {}", e.message))?;
-    if let Some(s) = &set.auth_scoper {
-        s.check().await.map_err(|e| anyhow::anyhow!("auth scoper check failed: {}", e.message))?;
-    }
+    let auth: Arc<dyn AuthScoper> = Arc::new(set.auth_scoper.context("no auth scoper is configured")?);
+    auth.check().await.map_err(|e| anyhow::anyhow!("auth scoper check failed: {}", e.message))?;
     let meter: Option<Arc<dyn Meter>> = match set.meter {
         Some(m) => {
             m.check().await.map_err(|e| anyhow::anyhow!("meter check failed: {}", e.message))?;
@@ -100,9 +100,17 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
         max_concurrent_runs: r.max_concurrent_runs,
         artifact_store_name: store_name,
     };
+    let units = templates.iter().map(|t| (t.name.clone(), t.compute_units)).collect();
+    let metering = Metering::new(meter.clone(), Some(host.kv().clone()), units);
+    metering.start();
     let hub = Arc::new(EventHub::default());
-    let executor =
-        Executor::new(store.clone(), hub, Backends { runtime, artifacts: artifacts.clone(), meter }, settings);
+    let executor = Executor::new(
+        store.clone(),
+        hub,
+        Backends { runtime, artifacts: artifacts.clone(), metering: metering.clone() },
+        settings,
+    );
+    executor.watch_meter_stops();
     let recovered = executor.recover().await.context("crash recovery failed")?;
     if recovered > 0 {
         eprintln!(
@@ -115,6 +123,9 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
         store: store.clone(),
         executor,
         artifacts,
+        auth,
+        meter,
+        metering,
         templates: Arc::new(templates),
         limits: Limits {
             direct_upload_bytes: r.direct_upload_max_bytes,

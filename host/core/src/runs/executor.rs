@@ -17,15 +17,15 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::error::{ErrorKind, PluginError};
 use crate::ports::{
-    ArtifactStore, ExecSpec, ExitStatus, Meter, MeterSubject, PutRequest, RuntimeProvider, Sandbox, SandboxLimits,
-    SandboxSpec,
+    ArtifactStore, ExecSpec, ExitStatus, PutRequest, RuntimeProvider, Sandbox, SandboxLimits, SandboxSpec,
 };
 use crate::runs::evidence::StreamStats;
 use crate::runs::hub::EventHub;
 use crate::runs::ids::{new_id, now_ms};
+use crate::runs::metering::{Lease, Metering, stop_code};
 use crate::runs::model::{EventType, Run, RunStatus};
 use crate::runs::output::{self, OutputSettings};
-use crate::runs::store::{ArtifactRecord, Finish, Store, Transition};
+use crate::runs::store::{ArtifactRecord, AuditEvent, Finish, Store, Transition};
 
 /// Executor settings.
 #[derive(Debug, Clone)]
@@ -58,7 +58,7 @@ impl Default for ExecutorSettings {
 pub struct Backends {
     pub runtime: Arc<dyn RuntimeProvider>,
     pub artifacts: Arc<dyn ArtifactStore>,
-    pub meter: Option<Arc<dyn Meter>>,
+    pub metering: Arc<Metering>,
 }
 
 /// Drives runs. One per server.
@@ -196,16 +196,43 @@ impl Executor {
             return;
         }
         let mut g = Gathered::default();
+        // Admitted by the meter before anything is created.
+        let sandbox_id = run.spec.sandbox_id.clone().unwrap_or_else(|| crate::runs::ids::sandbox_id_for_run(&run.id));
+        let lease = match self.backends.metering.lease(&sandbox_id) {
+            Some(l) => Some(l),
+            None => {
+                match self.backends.metering.begin(&sandbox_id, &run.org_id, &run.project_id, &run.spec.template).await
+                {
+                    Ok(l) => l,
+                    Err(refusal) => {
+                        let e = refusal.0;
+                        let code =
+                            if e.kind == ErrorKind::QuotaExceeded { "quota_exceeded" } else { "metering_unavailable" };
+                        self.event(run_id, EventType::Error, json!({"code": code, "message": e.message})).await;
+                        return self
+                            .finish(
+                                &run,
+                                Ending::failed(
+                                    if code == "quota_exceeded" { "quota_exceeded" } else { "sandbox_error" },
+                                    e.message,
+                                ),
+                                g,
+                            )
+                            .await;
+                    }
+                }
+            }
+        };
         let (sandbox, reused) = match self.sandbox_for(&run).await {
             Ok(s) => s,
             Err(e) => {
+                self.backends.metering.end(&sandbox_id, false).await;
                 self.event(run_id, EventType::Error, json!({"code": sandbox_failure(&e), "message": e.message})).await;
                 return self.finish(&run, Ending::failed(sandbox_failure(&e), e.message), g).await;
             }
         };
         let info = sandbox.info().clone();
         let started = Instant::now();
-        let admission = self.admit(&run, &info).await;
         let run = match self
             .store
             .transition(
@@ -222,9 +249,24 @@ impl Executor {
         };
         self.event(run_id, EventType::Status, json!({"status": "running", "sandboxId": info.id, "template": info.template, "templateDigest": info.template_digest})).await;
 
-        let ending = self.run_in(&run, sandbox.as_ref(), reused, &cancel, &mut g).await;
+        let ending = self.run_in(&run, sandbox.as_ref(), reused, &cancel, lease.as_deref(), &mut g).await;
         self.collect_artifacts(&run, sandbox.as_ref(), &mut g).await;
-        g.metering = self.settle(&run, &info, admission, started.elapsed()).await;
+        g.metering = if run.spec.keep_sandbox {
+            // The kept sandbox stays metered; the run's share is its own time.
+            lease.as_ref().map(|l| {
+                let d = started.elapsed();
+                let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+                json!({
+                    "computeUnitSeconds": secs * u64::from(l.subject.compute_units),
+                    "computeUnits": l.subject.compute_units,
+                    "pricingVersion": l.admission.pricing_version,
+                    "bucket": l.admission.bucket,
+                    "sandboxKept": true,
+                })
+            })
+        } else {
+            self.backends.metering.end(&info.id, true).await
+        };
         self.finish(&run, ending, g).await;
         self.cleanup(&run, sandbox, reused).await;
     }
@@ -240,7 +282,7 @@ impl Executor {
             return Ok((sandbox, true));
         }
         let spec = SandboxSpec {
-            id: format!("sbx_{}", run.id.trim_start_matches("wsr_")),
+            id: crate::runs::ids::sandbox_id_for_run(&run.id),
             template: run.spec.template.clone(),
             limits: SandboxLimits { timeout_ms: run.spec.timeout_ms, ..SandboxLimits::default() },
             env: vec![("CROWNEST_RUN_ID".into(), run.id.clone())],
@@ -255,6 +297,7 @@ impl Executor {
         sandbox: &dyn Sandbox,
         reused: bool,
         cancel: &Notify,
+        lease: Option<&Lease>,
         g: &mut Gathered,
     ) -> Ending {
         let run_id = run.id.as_str();
@@ -340,16 +383,30 @@ impl Executor {
             Exited(crate::ports::Outcome),
             Timeout,
             Canceled,
+            Stopped(String),
         }
+        let metered_stop = async {
+            match lease {
+                Some(l) => l.stopped().await,
+                None => std::future::pending().await,
+            }
+        };
         let why = tokio::select! {
             o = process.wait() => Why::Exited(o),
             _ = sleep => Why::Timeout,
             _ = cancel.notified() => Why::Canceled,
+            r = metered_stop => Why::Stopped(r),
         };
-        let outcome = match why {
-            Why::Exited(o) => o,
+        let outcome = match &why {
+            Why::Exited(o) => o.clone(),
             Why::Timeout | Why::Canceled => {
                 crate::ports::runtime::terminate(process.as_ref(), self.settings.kill_grace).await
+            }
+            // At a cap every second counts: no grace.
+            Why::Stopped(reason) => {
+                let o = crate::ports::runtime::terminate(process.as_ref(), Duration::ZERO).await;
+                self.audit_system("sandboxes:kill", &sandbox.info().id, run, reason).await;
+                o
             }
         };
         // The tree is gone, so the pipes close; bound the wait anyway.
@@ -377,6 +434,11 @@ impl Executor {
                 reason: Some("canceled"),
                 message: Some("canceled while running".into()),
             },
+            Why::Stopped(reason) => {
+                let code = stop_code(&reason);
+                self.event(run_id, EventType::Error, json!({"code": code, "message": reason})).await;
+                Ending::failed(code, format!("stopped by the meter: {reason}"))
+            }
             Why::Exited(_) => match outcome.status {
                 ExitStatus::Exited(0) => {
                     Ending { status: RunStatus::Succeeded, exit_code: Some(0), reason: None, message: None }
@@ -477,51 +539,21 @@ impl Executor {
         Ok(record)
     }
 
-    async fn admit(&self, run: &Run, info: &crate::ports::SandboxInfo) -> Option<crate::ports::Admission> {
-        let meter = self.backends.meter.as_ref()?;
-        let subject = self.subject(run, info);
-        match meter.admit(&subject).await {
-            Ok(a) => Some(a),
-            Err(e) => {
-                tracing::warn!(run_id = %run.id, "meter refused or failed; the run is not metered: {e}");
-                None
-            }
-        }
-    }
-
-    fn subject(&self, run: &Run, info: &crate::ports::SandboxInfo) -> MeterSubject {
-        MeterSubject {
-            sandbox_id: info.id.clone(),
-            org_id: run.org_id.clone(),
-            project_id: run.project_id.clone(),
-            template: info.template.clone(),
-            compute_units: info.compute_units,
-            started_at_ms: now_ms(),
-            active_sandboxes: 0,
-        }
-    }
-
-    async fn settle(
-        &self,
-        run: &Run,
-        info: &crate::ports::SandboxInfo,
-        admission: Option<crate::ports::Admission>,
-        lived: Duration,
-    ) -> Option<Value> {
-        let (meter, admission) = (self.backends.meter.as_ref()?, admission?);
-        let secs = lived.as_secs() + u64::from(lived.subsec_nanos() > 0);
-        let subject = self.subject(run, info);
-        match meter.settle(&subject, &admission, secs).await {
-            Ok(u) => Some(json!({
-                "computeUnitSeconds": u.compute_unit_seconds,
-                "pricingVersion": u.pricing_version,
-                "bucket": u.bucket,
-                "amountMicroUsd": u.amount_micro_usd,
-            })),
-            Err(e) => {
-                tracing::warn!(run_id = %run.id, "meter settle failed: {e}");
-                None
-            }
+    /// An audit event by the server itself (a kill at a cap, a sandbox
+    /// destroyed: tombstones of things that no longer exist).
+    async fn audit_system(&self, action: &str, target: &str, run: &Run, detail: &str) {
+        let e = AuditEvent {
+            org_id: Some(run.org_id.clone()),
+            actor: "system".into(),
+            action: action.into(),
+            target: Some(target.to_string()),
+            project_id: Some(run.project_id.clone()),
+            outcome: "success".into(),
+            detail: Some(detail.to_string()),
+            ..AuditEvent::default()
+        };
+        if let Err(e) = self.store.audit(e).await {
+            tracing::error!(run_id = %run.id, "cannot write an audit event: {e}");
         }
     }
 
@@ -533,6 +565,37 @@ impl Executor {
         if let Err(e) = sandbox.destroy().await {
             tracing::warn!(run_id = %run.id, "destroying the sandbox failed (the reaper will retry): {e}");
         }
+        self.audit_system("sandboxes:destroy", &sandbox.info().id, run, &format!("run {} ended", run.id)).await;
+    }
+
+    /// Stop kept sandboxes the meter stops (a cap or the lifetime limit
+    /// reached while no run uses them). Runs in the background.
+    pub fn watch_meter_stops(self: &Arc<Self>) {
+        let Some(mut stops) = self.backends.metering.take_stops() else { return };
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Some(lease) = stops.recv().await {
+                let id = lease.subject.sandbox_id.clone();
+                let kept = this.kept.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                let Some(sandbox) = kept else { continue };
+                let reason = lease.stop_reason().unwrap_or_default();
+                if let Err(e) = sandbox.destroy().await {
+                    tracing::warn!(sandbox_id = %id, "destroying a stopped kept sandbox failed: {e}");
+                }
+                this.backends.metering.end(&id, true).await;
+                let e = AuditEvent {
+                    org_id: Some(lease.subject.org_id.clone()),
+                    actor: "system".into(),
+                    action: "sandboxes:kill".into(),
+                    target: Some(id.clone()),
+                    project_id: Some(lease.subject.project_id.clone()),
+                    outcome: "success".into(),
+                    detail: Some(reason),
+                    ..AuditEvent::default()
+                };
+                let _ = this.store.audit(e).await;
+            }
+        });
     }
 
     /// After a restart: fail every run that was active, then reap every

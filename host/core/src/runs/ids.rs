@@ -67,3 +67,8 @@ mod tests {
         assert_eq!(rfc3339(1_795_435_200_123), "2026-11-23T12:00:00.123Z");
     }
 }
+
+/// The id of the sandbox a run creates (`wsr_X` → `sbx_X`).
+pub fn sandbox_id_for_run(run_id: &str) -> String {
+    format!("sbx_{}", run_id.trim_start_matches("wsr_"))
+}

@@ -10,6 +10,7 @@ pub mod evidence;
 pub mod executor;
 pub mod hub;
 pub mod ids;
+pub mod metering;
 pub mod model;
 pub mod output;
 pub mod store;

@@ -191,7 +191,7 @@ pub async fn direct(
     body: Body,
 ) -> Response {
     let prelude: ApiResult<(Run, u64, String, Option<String>)> = async {
-        let run = visible_run(&state, &caller, &id).await?;
+        let run = visible_run(&state, &caller, &id, "workspace_runs:create").await?;
         let size = number(&q, "sizeBytes")?
             .ok_or_else(|| ApiError::bad_request("invalid_request", "`sizeBytes` is required"))?;
         let sha = sha256_arg(
@@ -293,7 +293,7 @@ pub async fn create_transfer(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let r: ApiResult<Response> = async {
-        let run = visible_run(&state, &caller, &id).await?;
+        let run = visible_run(&state, &caller, &id, "workspace_runs:create").await?;
         let body = body.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
         let b: TransferBody = json::parse(&body)?;
         let sha = sha256_arg(&b.sha256)?;
@@ -350,7 +350,7 @@ pub async fn create_transfer(
 }
 
 async fn visible_transfer(state: &AppState, caller: &Caller, run_id: &str, tid: &str) -> ApiResult<(Run, Transfer)> {
-    let run = visible_run(state, caller, run_id).await?;
+    let run = visible_run(state, caller, run_id, "workspace_runs:create").await?;
     let t = state.store.get_transfer(tid.to_string()).await.map_err(|e| match e {
         StoreError::NotFound => ApiError::not_found(format!("transfer {tid}")),
         other => ApiError::store(other),

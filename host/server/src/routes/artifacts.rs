@@ -17,9 +17,12 @@ async fn visible_artifact(state: &AppState, caller: &Caller, id: &str) -> ApiRes
         StoreError::NotFound => ApiError::not_found(format!("artifact {id}")),
         other => ApiError::store(other),
     })?;
-    if !caller.can_see(&a.project_id) {
-        return Err(ApiError::not_found(format!("artifact {id}")));
+    let what = format!("artifact {id}");
+    let org = state.store.project_org(a.project_id.clone()).await.map_err(ApiError::store)?;
+    if !org.is_some_and(|o| caller.same_org(&o)) {
+        return Err(ApiError::not_found(&what));
     }
+    caller.authorize(state, "artifacts:read", Some(&a.project_id), &what).await?;
     Ok(a)
 }
 
@@ -32,7 +35,7 @@ pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<S
 
 pub async fn list_for_run(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {
     let r: ApiResult<Response> = async {
-        visible_run(&state, &caller, &id).await?;
+        visible_run(&state, &caller, &id, "artifacts:read").await?;
         let list = state.store.list_artifacts(id).await.map_err(ApiError::store)?;
         let items: Vec<_> = list.iter().map(views::artifact).collect();
         Ok(json::data(StatusCode::OK, serde_json::json!({"items": items})))

@@ -33,7 +33,7 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Response {
     let r: ApiResult<Response> = async {
-        let run = visible_run(&state, &caller, &id).await?;
+        let run = visible_run(&state, &caller, &id, "workspace_runs:read").await?;
         let sse = headers.get("accept").and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"));
         let last_event_id = headers
             .get("last-event-id")

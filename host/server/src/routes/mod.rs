@@ -2,6 +2,7 @@
 
 mod archive;
 mod artifacts;
+mod control;
 mod events;
 mod runs;
 
@@ -35,6 +36,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workspace-runs/{id}/archive-transfers/{tid}/complete", post(archive::complete_transfer))
         .route("/v1/artifacts/{id}", get(artifacts::get))
         .route("/v1/artifacts/{id}/content", get(artifacts::content))
+        .route("/v1/projects", post(control::create_project).get(control::list_projects))
+        .route("/v1/keys", post(control::create_key).get(control::list_keys))
+        .route("/v1/keys/{id}", axum::routing::delete(control::revoke_key))
+        .route("/v1/keys/{id}/revoke", post(control::revoke_key))
+        .route("/v1/usage", get(control::usage))
+        .route("/v1/audit-events", get(control::audit_events))
         .route("/v1/health", get(health))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -42,8 +49,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn request_id(req: Request, next: Next) -> Response {
+async fn request_id(mut req: Request, next: Next) -> Response {
     let id = new_id("req");
+    req.extensions_mut().insert(crate::auth::RequestId(id.clone()));
     let started = std::time::Instant::now();
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let resp = next.run(req).await;
@@ -61,18 +69,23 @@ async fn method_not_allowed() -> Response {
 }
 
 async fn health(_caller: Caller) -> Response {
+    // Any valid credential may ask; no scope needed.
     crate::json::data(StatusCode::OK, serde_json::json!({"status": "ok"}))
 }
 
-/// A run the caller may see, or 404.
-async fn visible_run(state: &AppState, caller: &Caller, id: &str) -> ApiResult<crownest_core::runs::Run> {
+/// A run the caller may do `action` on: 404 when it does not exist for the
+/// caller (another org, or a project the key is not restricted to), 403
+/// naming the scope when the key lacks it.
+async fn visible_run(state: &AppState, caller: &Caller, id: &str, action: &str) -> ApiResult<crownest_core::runs::Run> {
+    let what = format!("workspace run {id}");
     let run = state.store.get_run(id.to_string()).await.map_err(|e| match e {
-        crownest_core::runs::store::StoreError::NotFound => ApiError::not_found(format!("workspace run {id}")),
+        crownest_core::runs::store::StoreError::NotFound => ApiError::not_found(&what),
         other => ApiError::store(other),
     })?;
-    if !caller.can_see(&run.project_id) {
-        return Err(ApiError::not_found(format!("workspace run {id}")));
+    if !caller.same_org(&run.org_id) {
+        return Err(ApiError::not_found(&what));
     }
+    caller.authorize(state, action, Some(&run.project_id), &what).await?;
     Ok(run)
 }
 

@@ -102,6 +102,11 @@ pub async fn create(
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
+    if let Err(e) =
+        caller.authorize(&state, "workspace_runs:create", Some(&project), &format!("project {project}")).await
+    {
+        return e.into_response();
+    }
     let key = match idempotency::key(&headers) {
         Ok(k) => k,
         Err(e) => return e.into_response(),
@@ -164,13 +169,14 @@ pub async fn create(
         let run =
             state.store.create_run(new_id("wsr"), org.clone(), project.clone(), spec).await.map_err(ApiError::store)?;
         tracing::info!(run_id = %run.id, project_id = %run.project_id, "run created");
+        caller.audit(&state, "workspace_runs:create", Some(&run.id), Some(&run.project_id), "success", None).await;
         Ok((StatusCode::CREATED, views::run(&run)))
     })
     .await
 }
 
 pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {
-    match visible_run(&state, &caller, &id).await {
+    match visible_run(&state, &caller, &id, "workspace_runs:read").await {
         Ok(run) => json::data(StatusCode::OK, views::run(&run)),
         Err(e) => e.into_response(),
     }
@@ -183,13 +189,32 @@ pub async fn list(State(state): State<AppState>, caller: Caller, Query(q): Query
             .map(|s| s.parse::<RunStatus>().map_err(|e| ApiError::bad_request("invalid_request", e)))
             .transpose()?;
         let limit = number(&q, "limit")?.unwrap_or(50).clamp(1, 200) as u32;
-        let project_ids = match (q.get("projectId"), &caller) {
-            (Some(p), _) => Some(vec![caller.project(&state, Some(p)).await?.0]),
-            (None, Caller::Key(k)) => match &k.project_id {
-                Some(p) => Some(vec![p.clone()]),
-                None => None,
-            },
-            (None, Caller::Admin) => None,
+        let project_ids = match (q.get("projectId"), caller.restricted_to()) {
+            (Some(p), _) => {
+                let p = caller.project(&state, Some(p)).await?.0;
+                caller.authorize(&state, "workspace_runs:read", Some(&p), &format!("project {p}")).await?;
+                Some(vec![p])
+            }
+            (None, Some(p)) => {
+                caller.authorize(&state, "workspace_runs:read", Some(p), &format!("project {p}")).await?;
+                Some(vec![p.to_string()])
+            }
+            (None, None) => {
+                caller.authorize(&state, "workspace_runs:read", None, "workspace runs").await?;
+                match caller.org() {
+                    None => None,
+                    Some(org) => Some(
+                        state
+                            .store
+                            .list_projects(Some(org.to_string()))
+                            .await
+                            .map_err(ApiError::store)?
+                            .into_iter()
+                            .map(|p| p.id)
+                            .collect(),
+                    ),
+                }
+            }
         };
         let (runs, next) = state
             .store
@@ -206,13 +231,42 @@ pub async fn list(State(state): State<AppState>, caller: Caller, Query(q): Query
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// Would the meter admit this run's sandbox now (plan limits, caps)?
+async fn admission_precheck(state: &AppState, run: &crownest_core::runs::Run) -> ApiResult<()> {
+    let m = &state.metering;
+    if !m.enabled() {
+        return Ok(());
+    }
+    if run.spec.sandbox_id.as_ref().is_some_and(|s| m.lease(s).is_some()) {
+        return Ok(()); // reuses a sandbox that already exists
+    }
+    let queued = state.store.queued_runs(run.org_id.clone()).await.map_err(ApiError::store)?;
+    let pending = queued
+        .iter()
+        .filter(|(id, reuse)| {
+            id != &run.id && reuse.is_none() && m.lease(&crownest_core::runs::ids::sandbox_id_for_run(id)).is_none()
+        })
+        .count() as u32;
+    m.precheck(&run.org_id, &run.project_id, &run.spec.template, pending).await.map_err(|r| {
+        if r.0.kind == crownest_core::ErrorKind::QuotaExceeded {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", r.0.message)
+        } else {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "metering_unavailable",
+                format!("the meter could not admit this run: {}", r.0.message),
+            )
+        }
+    })
+}
+
 pub async fn start(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let run = match visible_run(&state, &caller, &id).await {
+    let run = match visible_run(&state, &caller, &id, "workspace_runs:create").await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -220,6 +274,23 @@ pub async fn start(
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
+    // Refused before anything starts, and not remembered under the
+    // idempotency key: the same request may succeed once there is room.
+    if run.status == RunStatus::AwaitingArchive && run.archive.is_some() && !run.cancel_requested {
+        if let Err(e) = admission_precheck(&state, &run).await {
+            caller
+                .audit(
+                    &state,
+                    "workspace_runs:start",
+                    Some(&id),
+                    Some(&run.project_id),
+                    "denied",
+                    Some(e.message.clone()),
+                )
+                .await;
+            return e.into_response();
+        }
+    }
     let hash = idempotency::hash(&[id.as_bytes()]);
     idempotency::once(&state, &run.project_id.clone(), "start", key, hash, async || {
         if run.cancel_requested || run.status.is_terminal() {
@@ -243,6 +314,7 @@ pub async fn start(
                 }
             }
             state.executor.spawn(id.clone());
+            caller.audit(&state, "workspace_runs:start", Some(&id), Some(&run.project_id), "success", None).await;
             return Ok((StatusCode::ACCEPTED, views::run(&run)));
         }
         Ok((StatusCode::OK, views::run(&run)))
@@ -252,11 +324,12 @@ pub async fn start(
 
 pub async fn cancel(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {
     let r: ApiResult<Response> = async {
-        let run = visible_run(&state, &caller, &id).await?;
+        let run = visible_run(&state, &caller, &id, "workspace_runs:cancel").await?;
         if run.status.is_terminal() {
             return Ok(json::data(StatusCode::OK, views::run(&run)));
         }
         let run = state.store.request_cancel(id.clone()).await.map_err(ApiError::store)?;
+        caller.audit(&state, "workspace_runs:cancel", Some(&id), Some(&run.project_id), "success", None).await;
         state.executor.cancel(&run).await;
         // Give a running command its chance to stop before answering.
         for _ in 0..20 {
@@ -275,7 +348,7 @@ pub async fn cancel(State(state): State<AppState>, caller: Caller, Path(id): Pat
 
 pub async fn evidence(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {
     let r: ApiResult<Response> = async {
-        let run = visible_run(&state, &caller, &id).await?;
+        let run = visible_run(&state, &caller, &id, "workspace_runs:read").await?;
         let Some((bytes, sha)) = state.store.get_evidence(id.clone()).await.map_err(ApiError::store)? else {
             return Err(ApiError::conflict(
                 "evidence_not_ready",

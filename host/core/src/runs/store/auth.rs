@@ -29,6 +29,15 @@ pub struct Bootstrap {
     pub admin_token: String,
 }
 
+/// The scopes of the first key a fresh installation creates: everything an
+/// API key can be granted.
+pub const FULL_SCOPES: &[&str] =
+    &["workspace_runs:*", "artifacts:*", "sandboxes:*", "usage:*", "audit:*", "projects:*"];
+
+pub(super) fn hmac_of(secret: &[u8], msg: &[u8]) -> String {
+    hmac(secret, msg)
+}
+
 fn hmac(secret: &[u8], msg: &[u8]) -> String {
     // HMAC-SHA256 (RFC 2104) without another dependency.
     let mut key = [0u8; 64];
@@ -58,7 +67,7 @@ fn secret_token() -> String {
 }
 
 impl Store {
-    fn server_secret(conn: &rusqlite::Connection) -> Result<Vec<u8>> {
+    pub(super) fn server_secret(conn: &rusqlite::Connection) -> Result<Vec<u8>> {
         let existing: Option<String> =
             conn.query_row("SELECT value FROM settings WHERE name = 'hmac_secret'", [], |r| r.get(0)).optional()?;
         let s = match existing {
@@ -99,7 +108,7 @@ impl Store {
             let (api_key, key_id, key_secret) = new_key();
             tx.execute(
                 "INSERT INTO api_keys (id, org_id, project_id, hash, scopes, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![key_id, org_id, project_id, hmac(&secret, key_secret.as_bytes()), r#"["*"]"#, now],
+                params![key_id, org_id, project_id, hmac(&secret, key_secret.as_bytes()), serde_json::to_string(FULL_SCOPES).unwrap(), now],
             )?;
             tx.commit()?;
             Ok(Some(Bootstrap { org_id, project_id, api_key, admin_token }))
@@ -167,7 +176,7 @@ impl Store {
 }
 
 /// A fresh key: (full key, id, secret).
-fn new_key() -> (String, String, String) {
+pub(super) fn new_key() -> (String, String, String) {
     let id = new_id("key").trim_start_matches("key_").to_string();
     let secret = hex::encode(random_bytes(24));
     (format!("cn_live_{id}_{secret}"), id, secret)

@@ -6,6 +6,7 @@
 //! One connection behind a mutex; every call runs on the blocking pool.
 
 mod auth;
+mod control;
 mod events;
 mod idempotency;
 mod runs;
@@ -16,7 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 
-pub use auth::{ApiKeyRecord, Bootstrap};
+pub use auth::{ApiKeyRecord, Bootstrap, FULL_SCOPES};
+pub use control::{ApiKeyInfo, AuditEvent, AuditFilter, Project};
 pub use events::Finish;
 pub use idempotency::{IdempotencyBegin, StoredResponse};
 pub use runs::{ArtifactRecord, ListFilter, Transition};
@@ -79,6 +81,11 @@ CREATE TABLE IF NOT EXISTS transfers (
     part_size INTEGER NOT NULL, parts TEXT NOT NULL, status TEXT NOT NULL, created_at INTEGER NOT NULL,
     mode TEXT NOT NULL DEFAULT 'server'
 );
+CREATE TABLE IF NOT EXISTS audit_events (
+    id TEXT NOT NULL UNIQUE, at INTEGER NOT NULL, org_id TEXT, actor TEXT NOT NULL, action TEXT NOT NULL,
+    target TEXT, project_id TEXT, request_id TEXT, outcome TEXT NOT NULL, detail TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_by_time ON audit_events (at);
 CREATE TABLE IF NOT EXISTS idempotency (
     project_id TEXT NOT NULL, endpoint TEXT NOT NULL, key TEXT NOT NULL, request_hash TEXT NOT NULL,
     state TEXT NOT NULL, status_code INTEGER, body BLOB, created_at INTEGER NOT NULL,
@@ -92,6 +99,11 @@ fn migrate(conn: &Connection) -> anyhow::Result<()> {
     if !has_mode {
         conn.execute_batch("ALTER TABLE transfers ADD COLUMN mode TEXT NOT NULL DEFAULT 'server'")?;
     }
+    // Keys bootstrapped before scopes were enforced held `["*"]`.
+    conn.execute(
+        "UPDATE api_keys SET scopes = ?1 WHERE scopes = '[\"*\"]'",
+        [serde_json::to_string(auth::FULL_SCOPES).unwrap()],
+    )?;
     Ok(())
 }
 

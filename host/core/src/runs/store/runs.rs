@@ -249,6 +249,23 @@ impl Store {
         .await
     }
 
+    /// Queued runs of an org: (run id, the kept sandbox it reuses, if any).
+    pub async fn queued_runs(&self, org_id: String) -> Result<Vec<(String, Option<String>)>> {
+        self.with(move |conn| {
+            let mut stmt = conn.prepare("SELECT id, spec FROM runs WHERE status = 'queued' AND org_id = ?1")?;
+            let rows: Vec<(String, String)> =
+                stmt.query_map(params![org_id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+            Ok(rows
+                .into_iter()
+                .map(|(id, spec)| {
+                    let reuse = serde_json::from_str::<RunSpec>(&spec).ok().and_then(|s| s.sandbox_id);
+                    (id, reuse)
+                })
+                .collect())
+        })
+        .await
+    }
+
     /// Sandboxes that must survive a restart: kept by a terminal run.
     pub async fn kept_sandboxes(&self) -> Result<Vec<String>> {
         self.with(|conn| {

@@ -1,0 +1,245 @@
+//! Sandbox metering: every sandbox is admitted by the meter before it is
+//! created, ticked for every second it exists, and settled when it ends.
+//!
+//! One ticker serves every sandbox: four times a second it looks for
+//! sandboxes that completed another second, calls the meter's `tick` for
+//! those, and makes the key-value store durable once per round, so a crash
+//! loses at most the last second. When the meter answers `stop` (a hard cap,
+//! the lifetime limit) the sandbox's lease is signalled; whoever holds the
+//! sandbox stops it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc};
+
+use crate::error::PluginError;
+use crate::kv::KeyValueStore;
+use crate::ports::{Admission, Meter, MeterSubject, TickDecision};
+use crate::runs::ids::now_ms;
+
+/// How often the ticker looks for completed seconds.
+const SCAN: Duration = Duration::from_millis(250);
+
+/// One metered sandbox.
+pub struct Lease {
+    pub subject: MeterSubject,
+    pub admission: Admission,
+    started: Instant,
+    ticked: AtomicU64,
+    stopped: Notify,
+    stop_reason: Mutex<Option<String>>,
+}
+
+impl Lease {
+    /// Resolves when the meter asks for the sandbox to stop; the reason.
+    pub async fn stopped(&self) -> String {
+        loop {
+            let notified = self.stopped.notified();
+            if let Some(r) = self.stop_reason() {
+                return r;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn stop_reason(&self) -> Option<String> {
+        self.stop_reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Seconds so far, rounded up.
+    pub fn lived_secs(&self) -> u64 {
+        let d = self.started.elapsed();
+        d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    }
+}
+
+/// A meter's refusal or failure at admission.
+#[derive(Debug, Clone)]
+pub struct Refusal(pub PluginError);
+
+/// The metering service (one per server).
+pub struct Metering {
+    meter: Option<Arc<dyn Meter>>,
+    kv: Option<Arc<dyn KeyValueStore>>,
+    /// Compute units of each template.
+    units: HashMap<String, u32>,
+    leases: Mutex<HashMap<String, Arc<Lease>>>,
+    stops: mpsc::UnboundedSender<Arc<Lease>>,
+    stops_rx: Mutex<Option<mpsc::UnboundedReceiver<Arc<Lease>>>>,
+}
+
+impl Metering {
+    pub fn new(
+        meter: Option<Arc<dyn Meter>>,
+        kv: Option<Arc<dyn KeyValueStore>>,
+        units: HashMap<String, u32>,
+    ) -> Arc<Metering> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Arc::new(Metering { meter, kv, units, leases: Mutex::default(), stops: tx, stops_rx: Mutex::new(Some(rx)) })
+    }
+
+    /// No meter: nothing is metered or limited.
+    pub fn disabled() -> Arc<Metering> {
+        Metering::new(None, None, HashMap::new())
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.meter.is_some()
+    }
+
+    /// Leases the meter asked to stop (taken once, by the executor).
+    pub fn take_stops(&self) -> Option<mpsc::UnboundedReceiver<Arc<Lease>>> {
+        self.stops_rx.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Lease>>> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sandboxes of `org` that exist now.
+    pub fn active_in(&self, org: &str) -> u32 {
+        self.leases().values().filter(|l| l.subject.org_id == org).count() as u32
+    }
+
+    /// Sandboxes metered right now.
+    pub fn active(&self) -> usize {
+        self.leases().len()
+    }
+
+    pub fn lease(&self, sandbox_id: &str) -> Option<Arc<Lease>> {
+        self.leases().get(sandbox_id).cloned()
+    }
+
+    fn subject(&self, sandbox_id: &str, org: &str, project: &str, template: &str, others: u32) -> MeterSubject {
+        MeterSubject {
+            sandbox_id: sandbox_id.to_string(),
+            org_id: org.to_string(),
+            project_id: project.to_string(),
+            template: template.to_string(),
+            compute_units: self.units.get(template).copied().unwrap_or(1),
+            started_at_ms: now_ms(),
+            active_sandboxes: others,
+        }
+    }
+
+    /// Would a new sandbox be admitted now, with `pending` more sandboxes of
+    /// the org about to start? (Asked before a run is queued.)
+    pub async fn precheck(&self, org: &str, project: &str, template: &str, pending: u32) -> Result<(), Refusal> {
+        let Some(meter) = &self.meter else { return Ok(()) };
+        let subject = self.subject("sbx_precheck", org, project, template, self.active_in(org) + pending);
+        meter.admit(&subject).await.map(|_| ()).map_err(Refusal)
+    }
+
+    /// Admit a sandbox that is about to be created; it is metered from now.
+    /// `None` when nothing is metered.
+    pub async fn begin(
+        &self,
+        sandbox_id: &str,
+        org: &str,
+        project: &str,
+        template: &str,
+    ) -> Result<Option<Arc<Lease>>, Refusal> {
+        let Some(meter) = &self.meter else { return Ok(None) };
+        let subject = self.subject(sandbox_id, org, project, template, self.active_in(org));
+        let admission = meter.admit(&subject).await.map_err(Refusal)?;
+        let lease = Arc::new(Lease {
+            subject,
+            admission,
+            started: Instant::now(),
+            ticked: AtomicU64::new(0),
+            stopped: Notify::new(),
+            stop_reason: Mutex::new(None),
+        });
+        self.leases().insert(sandbox_id.to_string(), lease.clone());
+        Ok(Some(lease))
+    }
+
+    /// The sandbox is gone (or was never created, `existed = false`): record
+    /// its usage. Returns the usage for the evidence.
+    pub async fn end(&self, sandbox_id: &str, existed: bool) -> Option<Value> {
+        let lease = self.leases().remove(sandbox_id)?;
+        let meter = self.meter.as_ref()?;
+        let secs = if existed { lease.lived_secs() } else { 0 };
+        match meter.settle(&lease.subject, &lease.admission, secs).await {
+            Ok(u) => Some(json!({
+                "computeUnitSeconds": u.compute_unit_seconds,
+                "computeUnits": lease.subject.compute_units,
+                "pricingVersion": u.pricing_version,
+                "bucket": u.bucket,
+                "amountMicroUsd": u.amount_micro_usd,
+            })),
+            Err(e) => {
+                tracing::warn!(sandbox_id, "meter settle failed: {}", e.message);
+                None
+            }
+        }
+    }
+
+    /// Run the ticker until the process ends.
+    pub fn start(self: &Arc<Self>) {
+        if self.meter.is_none() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(SCAN);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                this.round().await;
+            }
+        });
+    }
+
+    /// One scan: tick every sandbox that completed a second since its last
+    /// tick, then make the counters durable.
+    pub async fn round(&self) -> usize {
+        let Some(meter) = &self.meter else { return 0 };
+        let due: Vec<(Arc<Lease>, u64)> = self
+            .leases()
+            .values()
+            .filter_map(|l| {
+                let whole = l.started.elapsed().as_secs();
+                let ticked = l.ticked.load(Ordering::Relaxed);
+                (whole > ticked && l.stop_reason().is_none()).then(|| (l.clone(), whole))
+            })
+            .collect();
+        for (lease, whole) in &due {
+            let secs = whole - lease.ticked.load(Ordering::Relaxed);
+            match meter.tick(&lease.subject, &lease.admission, secs.min(u64::from(u32::MAX)) as u32).await {
+                Ok(TickDecision::Continue) => {
+                    lease.ticked.store(*whole, Ordering::Relaxed);
+                }
+                Ok(TickDecision::Stop(reason)) => {
+                    lease.ticked.store(*whole, Ordering::Relaxed);
+                    tracing::info!(sandbox_id = %lease.subject.sandbox_id, "meter stops the sandbox: {reason}");
+                    *lease.stop_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+                    lease.stopped.notify_waiters();
+                    let _ = self.stops.send(lease.clone());
+                }
+                // Not ticked: the next round retries the same seconds.
+                Err(e) => tracing::warn!(sandbox_id = %lease.subject.sandbox_id, "meter tick failed: {}", e.message),
+            }
+        }
+        if let Some(kv) = self.kv.clone() {
+            let synced = tokio::task::spawn_blocking(move || kv.sync()).await;
+            if let Ok(Err(e)) = synced {
+                tracing::warn!("cannot make metering durable: {}", e.message);
+            }
+        }
+        due.len()
+    }
+}
+
+/// `quota_exceeded` or `lifetime_exceeded` for a meter's stop reason.
+pub fn stop_code(reason: &str) -> &'static str {
+    if reason.starts_with("max_lifetime") || reason.contains("lifetime") {
+        "lifetime_exceeded"
+    } else {
+        "quota_exceeded"
+    }
+}
