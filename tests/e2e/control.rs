@@ -415,3 +415,56 @@ async fn every_action_is_audited_and_no_full_key_appears_anywhere() {
         assert!(!haystack.contains(tail), "a key's secret leaked");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lifetime_limit_stops_runs_and_kept_sandboxes() {
+    let s = server(&[("CROWNEST_PLUGINS__METER__CONFIG__MAX_LIFETIME_SECS", "2")]);
+    let api = Api::new(&s);
+    let archive = targz(&[("README", b"x\n", 0o644)]);
+    let run = api.run(json!({"command": "sleep 30"}), &archive).await;
+    assert_eq!(
+        (run["status"].as_str(), run["failureReason"].as_str()),
+        (Some("failed"), Some("lifetime_exceeded")),
+        "{run}"
+    );
+    assert!(run["failureMessage"].as_str().unwrap().contains("2 s"), "the limit and its value: {run}");
+    // A kept sandbox is metered while it exists, and stopped at the limit too.
+    let kept = api.run(json!({"command": "true", "keepSandbox": true}), &archive).await;
+    assert_eq!(kept["status"], "succeeded", "{kept}");
+    let sandbox = kept["sandboxId"].as_str().unwrap().to_string();
+    let adm = admin(&s);
+    let mut killed = false;
+    for _ in 0..100 {
+        let (_, page) = adm.get(&format!("/v1/audit-events?action=sandboxes:kill&target={sandbox}")).await;
+        if !page["data"]["items"].as_array().unwrap().is_empty() {
+            killed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(killed, "the kept sandbox {sandbox} was not stopped at its lifetime");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metered_seconds_survive_a_crash_of_the_server() {
+    let mut s = server(&[]);
+    let api = Api::new(&s);
+    let archive = targz(&[("README", b"x\n", 0o644)]);
+    let r = api.create(json!({"command": "sleep 30"})).await;
+    let id = r["id"].as_str().unwrap().to_string();
+    api.upload(&id, &archive).await;
+    api.start(&id).await;
+    wait_running(&api, &id).await;
+    let ran = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    s.kill9();
+    let lived = ran.elapsed().as_secs();
+    s.spawn();
+    let api = Api::new(&s);
+    let (_, usage) = api.get("/v1/usage").await;
+    let cus = usage["data"]["totals"]["computeUnitSeconds"].as_u64().unwrap();
+    // At most the last second is lost.
+    assert!(cus + 1 >= lived && cus <= lived + 1, "{cus} metered for ~{lived} s before the crash");
+    let done = api.wait(&id).await;
+    assert_eq!(done["failureReason"], "host_restarted");
+}

@@ -100,8 +100,8 @@ impl KeyValueStore for SqliteKv {
         check_key(key)?;
         let conn = self.conn();
         let value: Option<rusqlite::types::Value> = conn
-            .query_row("SELECT value FROM plugin_kv WHERE ns = ?1 AND key = ?2", params![ns, key], |r| r.get(0))
-            .optional()
+            .prepare_cached("SELECT value FROM plugin_kv WHERE ns = ?1 AND key = ?2")
+            .and_then(|mut st| st.query_row(params![ns, key], |r| r.get(0)).optional())
             .map_err(db_error)?;
         Ok(value.map(|v| match v {
             rusqlite::types::Value::Integer(i) => i.to_string().into_bytes(),
@@ -144,8 +144,8 @@ impl KeyValueStore for SqliteKv {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db_error)?;
         let current: Option<rusqlite::types::Value> = tx
-            .query_row("SELECT value FROM plugin_kv WHERE ns = ?1 AND key = ?2", params![ns, key], |r| r.get(0))
-            .optional()
+            .prepare_cached("SELECT value FROM plugin_kv WHERE ns = ?1 AND key = ?2")
+            .and_then(|mut st| st.query_row(params![ns, key], |r| r.get(0)).optional())
             .map_err(db_error)?;
         let base = match current {
             None => 0,
@@ -159,11 +159,11 @@ impl KeyValueStore for SqliteKv {
         let next = base
             .checked_add(delta)
             .ok_or_else(|| PluginError::invalid(format!("kv counter `{key}` would overflow")))?;
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO plugin_kv (ns, key, value) VALUES (?1, ?2, ?3)
              ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value",
-            params![ns, key, next],
         )
+        .and_then(|mut st| st.execute(params![ns, key, next]))
         .map_err(db_error)?;
         tx.commit().map_err(db_error)?;
         Ok(next)

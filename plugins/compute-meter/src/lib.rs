@@ -39,8 +39,9 @@ fn bucket_total_key(org: &str, bucket: &str) -> String {
     format!("bucket-total/{org}/{bucket}")
 }
 
-fn sandbox_key(id: &str) -> String {
-    format!("sandbox/{id}")
+/// Milliseconds since the Unix epoch.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn check_admission(a: &Admission) -> Result<(), Error> {
@@ -86,7 +87,6 @@ impl Guest for ComputeMeter {
         let delta = i64::try_from(units).map_err(|_| Error::Invalid("tick too large".into()))?;
         kv::increment(&usage_key(&admission.bucket, &admission.pricing_version, &subject.project_id), delta)?;
         let total = kv::increment(&bucket_total_key(&subject.org_id, &admission.bucket), delta)?;
-        let lived = kv::increment(&sandbox_key(&subject.sandbox_id), i64::from(seconds))?;
         if let Some(cap) = s.cap_compute_unit_seconds {
             if total as u64 >= cap {
                 return Ok(TickDecision::Stop(format!(
@@ -96,27 +96,20 @@ impl Guest for ComputeMeter {
             }
         }
         if let Some(max) = admission.max_lifetime_secs {
-            if lived as u64 >= max {
+            let lived_ms = wall_ms().saturating_sub(subject.started_at_ms);
+            if lived_ms >= max.saturating_mul(1000) {
                 return Ok(TickDecision::Stop(format!("max_lifetime: sandbox lifetime limit of {max} s reached")));
             }
         }
         Ok(TickDecision::Continue)
     }
 
+    /// Every second was ticked (the host ticks the remainder before it
+    /// settles), so settling only reports the sandbox's usage.
     fn settle(subject: Subject, admission: Admission, total_secs: u64) -> Result<Usage, Error> {
         check_admission(&admission)?;
         let s = Settings::load()?;
-        let key = sandbox_key(&subject.sandbox_id);
-        let ticked = read_counter(&key)?;
-        // Seconds the sandbox lived after its last tick count too.
-        if total_secs > ticked {
-            let extra = i64::try_from((total_secs - ticked) * u64::from(subject.compute_units))
-                .map_err(|_| Error::Invalid("settle too large".into()))?;
-            kv::increment(&usage_key(&admission.bucket, &admission.pricing_version, &subject.project_id), extra)?;
-            kv::increment(&bucket_total_key(&subject.org_id, &admission.bucket), extra)?;
-        }
-        kv::delete(&key)?;
-        let cus = ticked.max(total_secs) * u64::from(subject.compute_units);
+        let cus = total_secs * u64::from(subject.compute_units);
         Ok(Usage {
             bucket: admission.bucket,
             pricing_version: admission.pricing_version,

@@ -143,13 +143,24 @@ impl Metering {
         project: &str,
         template: &str,
     ) -> Result<Option<Arc<Lease>>, Refusal> {
+        self.begin_at(sandbox_id, org, project, template, Instant::now()).await
+    }
+
+    async fn begin_at(
+        &self,
+        sandbox_id: &str,
+        org: &str,
+        project: &str,
+        template: &str,
+        started: Instant,
+    ) -> Result<Option<Arc<Lease>>, Refusal> {
         let Some(meter) = &self.meter else { return Ok(None) };
         let subject = self.subject(sandbox_id, org, project, template, self.active_in(org));
         let admission = meter.admit(&subject).await.map_err(Refusal)?;
         let lease = Arc::new(Lease {
             subject,
             admission,
-            started: Instant::now(),
+            started,
             ticked: AtomicU64::new(0),
             stopped: Notify::new(),
             stop_reason: Mutex::new(None),
@@ -164,6 +175,15 @@ impl Metering {
         let lease = self.leases().remove(sandbox_id)?;
         let meter = self.meter.as_ref()?;
         let secs = if existed { lease.lived_secs() } else { 0 };
+        // The meter sees every second through `tick`; settling only reports.
+        let remainder = secs.saturating_sub(lease.ticked.load(Ordering::Relaxed));
+        if remainder > 0 {
+            if let Err(e) =
+                meter.tick(&lease.subject, &lease.admission, remainder.min(u64::from(u32::MAX)) as u32).await
+            {
+                tracing::warn!(sandbox_id, "meter tick of the last {remainder} s failed: {}", e.message);
+            }
+        }
         match meter.settle(&lease.subject, &lease.admission, secs).await {
             Ok(u) => Some(json!({
                 "computeUnitSeconds": u.compute_unit_seconds,
@@ -181,7 +201,7 @@ impl Metering {
 
     /// Run the ticker until the process ends.
     pub fn start(self: &Arc<Self>) {
-        if self.meter.is_none() {
+        if self.meter.is_none() && self.kv.is_none() {
             return;
         }
         let this = self.clone();
@@ -198,7 +218,20 @@ impl Metering {
     /// One scan: tick every sandbox that completed a second since its last
     /// tick, then make the counters durable.
     pub async fn round(&self) -> usize {
-        let Some(meter) = &self.meter else { return 0 };
+        let due = match &self.meter {
+            Some(meter) => self.tick_due(meter.as_ref()).await,
+            None => 0,
+        };
+        if let Some(kv) = self.kv.clone() {
+            let synced = tokio::task::spawn_blocking(move || kv.sync()).await;
+            if let Ok(Err(e)) = synced {
+                tracing::warn!("cannot make metering durable: {}", e.message);
+            }
+        }
+        due
+    }
+
+    async fn tick_due(&self, meter: &dyn Meter) -> usize {
         let due: Vec<(Arc<Lease>, u64)> = self
             .leases()
             .values()
@@ -225,12 +258,6 @@ impl Metering {
                 Err(e) => tracing::warn!(sandbox_id = %lease.subject.sandbox_id, "meter tick failed: {}", e.message),
             }
         }
-        if let Some(kv) = self.kv.clone() {
-            let synced = tokio::task::spawn_blocking(move || kv.sync()).await;
-            if let Ok(Err(e)) = synced {
-                tracing::warn!("cannot make metering durable: {}", e.message);
-            }
-        }
         due.len()
     }
 }
@@ -241,5 +268,110 @@ pub fn stop_code(reason: &str) -> &'static str {
         "lifetime_exceeded"
     } else {
         "quota_exceeded"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::{Usage, UsageQuery};
+
+    /// Admits up to `limit` sandboxes, stops at `stop_at` ticked seconds,
+    /// and records every call.
+    #[derive(Default)]
+    struct FakeMeter {
+        limit: u32,
+        stop_at: u64,
+        ticked: Mutex<u64>,
+        settled: Mutex<Vec<u64>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Meter for FakeMeter {
+        async fn check(&self) -> Result<(), PluginError> {
+            Ok(())
+        }
+        async fn admit(&self, s: &MeterSubject) -> Result<Admission, PluginError> {
+            if s.active_sandboxes >= self.limit {
+                return Err(PluginError::new(crate::ErrorKind::QuotaExceeded, "plan limit"));
+            }
+            Ok(Admission { bucket: "2026-11".into(), pricing_version: "v1".into(), max_lifetime_secs: None })
+        }
+        async fn tick(&self, _: &MeterSubject, _: &Admission, secs: u32) -> Result<TickDecision, PluginError> {
+            let mut t = self.ticked.lock().unwrap();
+            *t += u64::from(secs);
+            Ok(if *t >= self.stop_at {
+                TickDecision::Stop("quota_exceeded: cap".into())
+            } else {
+                TickDecision::Continue
+            })
+        }
+        async fn settle(&self, s: &MeterSubject, a: &Admission, total: u64) -> Result<Usage, PluginError> {
+            self.settled.lock().unwrap().push(total);
+            Ok(Usage {
+                bucket: a.bucket.clone(),
+                pricing_version: a.pricing_version.clone(),
+                project_id: s.project_id.clone(),
+                compute_unit_seconds: total,
+                amount_micro_usd: 0,
+            })
+        }
+        async fn usage(&self, _: &UsageQuery) -> Result<Vec<Usage>, PluginError> {
+            Ok(vec![])
+        }
+    }
+
+    fn metering(limit: u32, stop_at: u64) -> (Arc<Metering>, Arc<FakeMeter>) {
+        let fake = Arc::new(FakeMeter { limit, stop_at, ..FakeMeter::default() });
+        (Metering::new(Some(fake.clone()), None, HashMap::new()), fake)
+    }
+
+    #[tokio::test]
+    async fn admission_counts_the_orgs_existing_sandboxes() {
+        let (m, _) = metering(2, u64::MAX);
+        m.begin("sbx_a", "org1", "p", "t").await.unwrap();
+        m.begin("sbx_b", "org1", "p", "t").await.unwrap();
+        assert!(m.begin("sbx_c", "org1", "p", "t").await.is_err(), "a third sandbox is refused");
+        assert!(m.begin("sbx_d", "org2", "p", "t").await.is_ok(), "other orgs are counted apart");
+        assert!(m.precheck("org1", "p", "t", 0).await.is_err());
+        m.end("sbx_a", true).await;
+        assert!(m.precheck("org1", "p", "t", 0).await.is_ok());
+        assert!(m.precheck("org1", "p", "t", 1).await.is_err(), "queued runs count as pending sandboxes");
+    }
+
+    #[tokio::test]
+    async fn every_whole_second_is_ticked_once_and_the_rest_at_the_end() {
+        let (m, fake) = metering(10, u64::MAX);
+        let three_ago = Instant::now() - Duration::from_millis(3_400);
+        m.begin_at("sbx_a", "o", "p", "t", three_ago).await.unwrap();
+        assert_eq!(m.round().await, 1);
+        assert_eq!(*fake.ticked.lock().unwrap(), 3);
+        assert_eq!(m.round().await, 0, "nothing new to tick within the same second");
+        let usage = m.end("sbx_a", true).await.unwrap();
+        assert_eq!(*fake.ticked.lock().unwrap(), 4, "the started fourth second is ticked before settling");
+        assert_eq!(usage["computeUnitSeconds"], 4);
+        assert_eq!(*fake.settled.lock().unwrap(), vec![4]);
+    }
+
+    #[tokio::test]
+    async fn a_stop_decision_signals_the_lease() {
+        let (m, _) = metering(10, 2);
+        let lease = m.begin_at("sbx_a", "o", "p", "t", Instant::now() - Duration::from_secs(2)).await.unwrap().unwrap();
+        let mut stops = m.take_stops().unwrap();
+        m.round().await;
+        assert_eq!(lease.stopped().await, "quota_exceeded: cap");
+        assert_eq!(stops.recv().await.unwrap().subject.sandbox_id, "sbx_a");
+        assert_eq!(stop_code("max_lifetime: 2 s"), "lifetime_exceeded");
+        assert_eq!(stop_code("quota_exceeded: cap"), "quota_exceeded");
+    }
+
+    #[tokio::test]
+    async fn a_sandbox_never_created_costs_nothing() {
+        let (m, fake) = metering(10, u64::MAX);
+        m.begin("sbx_a", "o", "p", "t").await.unwrap();
+        m.end("sbx_a", false).await;
+        assert_eq!(*fake.ticked.lock().unwrap(), 0);
+        assert_eq!(*fake.settled.lock().unwrap(), vec![0]);
+        assert_eq!(m.active(), 0);
     }
 }

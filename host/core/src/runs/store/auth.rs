@@ -20,6 +20,23 @@ pub struct ApiKeyRecord {
     pub scopes: Vec<String>,
 }
 
+/// An API key row as read from the database.
+#[derive(Debug, Clone)]
+pub(super) struct CachedKey {
+    hash: String,
+    record: ApiKeyRecord,
+    expires_at_ms: Option<u64>,
+    revoked: bool,
+}
+
+impl CachedKey {
+    /// The record, if `presented_hash` matches and the key is live.
+    fn check(&self, presented_hash: &str) -> Option<ApiKeyRecord> {
+        let live = !self.revoked && self.expires_at_ms.is_none_or(|e| e > now_ms());
+        (constant_time_eq(presented_hash.as_bytes(), self.hash.as_bytes()) && live).then(|| self.record.clone())
+    }
+}
+
 /// What a first start creates.
 #[derive(Debug, Clone)]
 pub struct Bootstrap {
@@ -117,9 +134,19 @@ impl Store {
 
     /// Verify a presented API key. `None` for anything that is not a live key.
     pub async fn verify_api_key(&self, presented: String) -> Result<Option<ApiKeyRecord>> {
+        let Some((id, secret_part)) = parse_key(&presented) else { return Ok(None) };
+        let cached = self.keys.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
+        if let (Some(secret), Some(row)) = (self.secret.get(), cached) {
+            return Ok(row.check(&hmac(secret, secret_part.as_bytes())));
+        }
+        let (id, secret_part) = (id.to_string(), secret_part.to_string());
+        let cache = self.keys.clone();
+        let secret_slot = self.secret.clone();
         self.with(move |conn| {
-            let Some((id, secret_part)) = parse_key(&presented) else { return Ok(None) };
-            let secret = Self::server_secret(conn)?;
+            let secret = secret_slot.get_or_init(|| Self::server_secret(conn).unwrap_or_default()).clone();
+            if secret.is_empty() {
+                return Err(StoreError::Db("cannot read the credential secret".into()));
+            }
             let row: Option<(String, Option<String>, String, String, Option<i64>, Option<i64>)> = conn
                 .query_row(
                     "SELECT org_id, project_id, hash, scopes, expires_at, revoked_at FROM api_keys WHERE id = ?1",
@@ -130,14 +157,22 @@ impl Store {
             // Compute the hash even for unknown ids so timing says nothing.
             let presented_hash = hmac(&secret, secret_part.as_bytes());
             let Some((org_id, project_id, hash, scopes, expires_at, revoked_at)) = row else { return Ok(None) };
-            let live = revoked_at.is_none() && expires_at.is_none_or(|e| e > now_ms() as i64);
-            if !constant_time_eq(presented_hash.as_bytes(), hash.as_bytes()) || !live {
-                return Ok(None);
-            }
             let scopes: Vec<String> = serde_json::from_str(&scopes).unwrap_or_default();
-            Ok(Some(ApiKeyRecord { id: id.to_string(), org_id, project_id, scopes }))
+            let row = CachedKey {
+                hash,
+                record: ApiKeyRecord { id: id.clone(), org_id, project_id, scopes },
+                expires_at_ms: expires_at.map(|e| e as u64),
+                revoked: revoked_at.is_some(),
+            };
+            cache.lock().unwrap_or_else(|e| e.into_inner()).insert(id, row.clone());
+            Ok(row.check(&presented_hash))
         })
         .await
+    }
+
+    /// Forget a key's cached row (after revoking it).
+    pub(super) fn forget_key(&self, id: &str) {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
     }
 
     /// Whether `presented` is the admin token.
@@ -220,5 +255,23 @@ mod tests {
         let dump = std::fs::read(dir.path().join("crownest.db")).unwrap();
         let secret = b.admin_token.trim_start_matches("cn_admin_");
         assert!(!dump.windows(secret.len()).any(|w| w == secret.as_bytes()));
+    }
+
+    #[tokio::test]
+    async fn a_revoked_key_is_refused_even_after_it_was_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let b = store.bootstrap().unwrap().unwrap();
+        let (info, key) = store.create_api_key(b.org_id.clone(), None, vec!["usage:read".into()], None).await.unwrap();
+        assert!(store.verify_api_key(key.clone()).await.unwrap().is_some());
+        assert!(store.verify_api_key(key.clone()).await.unwrap().is_some(), "served from the cache");
+        let mut wrong = key.clone();
+        let last = wrong.pop().unwrap();
+        wrong.push(if last == '0' { '1' } else { '0' });
+        assert!(store.verify_api_key(wrong).await.unwrap().is_none(), "the cache still checks the secret");
+        store.revoke_api_key(info.id.clone()).await.unwrap();
+        assert!(store.verify_api_key(key).await.unwrap().is_none());
+        let expired = store.create_api_key(b.org_id, None, vec!["usage:read".into()], Some(1)).await.unwrap().1;
+        assert!(store.verify_api_key(expired).await.unwrap().is_none());
     }
 }

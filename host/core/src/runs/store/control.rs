@@ -184,18 +184,28 @@ impl Store {
     /// Revoke a key (`key_<id>`); revoking a revoked key keeps its first
     /// revocation time. The record stays as a tombstone.
     pub async fn revoke_api_key(&self, key_id: String) -> Result<ApiKeyInfo> {
-        self.with(move |conn| {
-            let raw = key_id.strip_prefix("key_").unwrap_or(&key_id).to_string();
-            let n = conn.execute(
-                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
-                params![raw, now_ms() as i64],
-            )?;
-            if n == 0 {
-                return Err(StoreError::NotFound);
-            }
-            Ok(conn.query_row(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1"), params![raw], key_info)?)
-        })
-        .await
+        let raw = key_id.strip_prefix("key_").unwrap_or(&key_id).to_string();
+        let store = self.clone();
+        let forget = raw.clone();
+        let info = self
+            .with(move |conn| {
+                let n = conn.execute(
+                    "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
+                    params![raw, now_ms() as i64],
+                )?;
+                if n == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Ok(conn.query_row(
+                    &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1"),
+                    params![raw],
+                    key_info,
+                )?)
+            })
+            .await;
+        // Under the same call: the very next request with the key is refused.
+        store.forget_key(&forget);
+        info
     }
 
     /// Append an audit event (never updated or deleted afterwards).

@@ -112,6 +112,11 @@ fn migrate(conn: &Connection) -> anyhow::Result<()> {
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     dir: PathBuf,
+    /// API key rows already read, so authenticating a request needs no
+    /// database round trip; revocation updates it in the same call.
+    keys: Arc<Mutex<std::collections::HashMap<String, auth::CachedKey>>>,
+    /// The HMAC key for credentials, once read.
+    secret: Arc<std::sync::OnceLock<Vec<u8>>>,
 }
 
 impl Store {
@@ -134,7 +139,12 @@ impl Store {
                 let _ = std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o600));
             }
         }
-        Ok(Store { conn: Arc::new(Mutex::new(conn)), dir: dir.to_path_buf() })
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            dir: dir.to_path_buf(),
+            keys: Arc::default(),
+            secret: Arc::default(),
+        })
     }
 
     /// The data directory.
