@@ -468,3 +468,24 @@ async fn metered_seconds_survive_a_crash_of_the_server() {
     let done = api.wait(&id).await;
     assert_eq!(done["failureReason"], "host_restarted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_team_replaces_the_auth_policy_by_configuration() {
+    let policy = crownest_test_support::fixture("read-only-scoper").display().to_string();
+    let mut s = server(&[("CROWNEST_PLUGINS__AUTH_SCOPER__SOURCE", policy.as_str())]);
+    let api = Api::new(&s);
+    // The key holds every scope, but this policy lets keys only read.
+    assert_eq!(api.get("/v1/workspace-runs").await.0, 200);
+    let (st, v) = api.post("/v1/workspace-runs", json!({"command": "true"})).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (403, Some("forbidden")), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("read-only policy"), "{v}");
+    // The host's own rule stands whatever the plugin says.
+    assert_eq!(api.post("/v1/keys", json!({"scopes": ["usage:read"]})).await.0, 403);
+    // Its config hides projects outside the allowed list.
+    s.kill9();
+    s.env.push(("CROWNEST_PLUGINS__AUTH_SCOPER__CONFIG__ALLOWED_PROJECTS".into(), "prj_elsewhere".into()));
+    s.spawn();
+    let api = Api::new(&s);
+    let (st, v) = api.get("/v1/workspace-runs").await;
+    assert_eq!((st, v["error"]["code"].as_str()), (404, Some("not_found")), "{v}");
+}
