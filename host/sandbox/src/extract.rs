@@ -197,14 +197,125 @@ fn symlink_stays_inside(link_parents: &[&[u8]], target: &[u8]) -> Result<(), Str
     Ok(())
 }
 
+/// Regular files up to this size are handed to the writer thread whole.
+const HANDOFF_MAX: u64 = 256 * 1024;
+/// Files queued for the writer at most (bounds memory: 64 × 256 KiB).
+const QUEUE: usize = 64;
+
+/// Work for the writer thread, in archive order.
+enum Job {
+    File {
+        dir: Arc<Dir>,
+        name: Vec<u8>,
+        shown: String,
+        mode: u32,
+        data: Vec<u8>,
+    },
+    /// Reply once everything before this is written.
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// Create one regular file with its content, mode and owner.
+fn write_file(
+    dir: &Dir,
+    name: &[u8],
+    shown: &str,
+    mode: u32,
+    umask: u32,
+    owner: Owner,
+    content: &mut dyn FnMut(&mut cap_std::fs::File) -> Result<(), ExtractError>,
+) -> Result<(), ExtractError> {
+    let refuse = |reason: &str| ExtractError::Refused { entry: shown.to_string(), reason: reason.to_string() };
+    let mut opts = OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    // Created with its final mode when the umask cannot alter it (saves an
+    // fchmod per file); fixed up below otherwise.
+    cap_std::fs::OpenOptionsExt::mode(&mut opts, if mode & umask == 0 { mode } else { 0o600 });
+    cap_std::fs::OpenOptionsExt::custom_flags(&mut opts, libc::O_NOFOLLOW);
+    let mut file = dir.open_with(paths::os(name), &opts).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) => refuse("a symlink of that name already exists"),
+        Some(libc::EISDIR) => refuse("a directory of that name already exists"),
+        _ => ExtractError::Io(format!("creating `{shown}`: {e}")),
+    })?;
+    content(&mut file)?;
+    if mode & umask != 0 {
+        file.set_permissions(Permissions::from_mode(mode))
+            .map_err(|e| ExtractError::Io(format!("setting the mode of `{shown}`: {e}")))?;
+    }
+    drop(file);
+    chown(dir, name, owner).map_err(|e| ExtractError::Io(format!("chown `{shown}`: {e}")))
+}
+
+fn write_error(shown: &str, e: io::Error) -> ExtractError {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
+            ExtractError::Budget(format!("the workspace is full while writing `{shown}`"))
+        }
+        _ => ExtractError::Io(format!("writing `{shown}`: {e}")),
+    }
+}
+
 /// Extract the `.tar.gz` read from `archive` into `root`. `progress` gets
 /// (content bytes, entries) after every entry.
+///
+/// Two threads share the work: this one inflates, parses and checks every
+/// entry and creates directories and symlinks; a writer thread creates the
+/// small regular files (most of a repository), in archive order. An entry
+/// whose path meets a file still queued waits for the writer first, so the
+/// result (and every refusal) is the same as writing one entry at a time.
 pub fn extract_tar_gz(
     archive: impl Read,
     root: &Dir,
     budgets: Budgets,
     owner: Owner,
     progress: &mut dyn FnMut(u64, u64),
+) -> Result<Report, ExtractError> {
+    let umask = current_umask();
+    let failed: std::sync::Mutex<Option<ExtractError>> = std::sync::Mutex::new(None);
+    let has_failed = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
+        let writer = scope.spawn(|| {
+            for job in rx {
+                match job {
+                    Job::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                    Job::File { .. } if has_failed.load(Ordering::Relaxed) => {}
+                    Job::File { dir, name, shown, mode, data } => {
+                        let r = write_file(&dir, &name, &shown, mode, umask, owner, &mut |f| {
+                            f.write_all(&data).map_err(|e| write_error(&shown, e))
+                        });
+                        if let Err(e) = r {
+                            failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                            has_failed.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        });
+        let result = extract_entries(archive, root, budgets, owner, umask, progress, &tx, &has_failed);
+        drop(tx);
+        let _ = writer.join();
+        let written = failed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match (result, written) {
+            // The writer's error is the earlier entry's.
+            (_, Some(e)) => Err(e),
+            (r, None) => r,
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn extract_entries(
+    archive: impl Read,
+    root: &Dir,
+    budgets: Budgets,
+    owner: Owner,
+    umask: u32,
+    progress: &mut dyn FnMut(u64, u64),
+    writer: &std::sync::mpsc::SyncSender<Job>,
+    writer_failed: &std::sync::atomic::AtomicBool,
 ) -> Result<Report, ExtractError> {
     let compressed = Arc::new(AtomicU64::new(0));
     let counted = Counted { inner: archive, count: compressed.clone() };
@@ -216,9 +327,23 @@ pub fn extract_tar_gz(
     let mut buf = vec![0u8; 256 * 1024];
     // Archives list files directory by directory: keep the last parent open
     // instead of walking (and opening) every component for every entry.
-    let mut cached_parent: Option<(Vec<Vec<u8>>, Dir)> = None;
-    let umask = current_umask();
+    let mut cached_parent: Option<(Vec<Vec<u8>>, Arc<Dir>)> = None;
+    // Paths of files handed to the writer since it was last flushed.
+    let mut queued: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
+    let flush = |queued: &mut std::collections::HashSet<Vec<u8>>| -> Result<(), ExtractError> {
+        if queued.is_empty() {
+            return Ok(());
+        }
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+        writer.send(Job::Flush(done_tx)).map_err(|_| ExtractError::Io("the writer thread stopped".into()))?;
+        done_rx.recv().map_err(|_| ExtractError::Io("the writer thread stopped".into()))?;
+        queued.clear();
+        Ok(())
+    };
     for entry in entries {
+        if writer_failed.load(Ordering::Relaxed) {
+            return Err(ExtractError::Io("an earlier entry failed".into()));
+        }
         let mut entry = entry.map_err(|e| io_to_extract(e, "reading the next entry"))?;
         let raw_path = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
@@ -234,6 +359,25 @@ pub fn extract_tar_gz(
             Err(PathProblem::Empty) if kind == EntryType::Directory => continue,
             Err(p) => return Err(refuse(p.to_string())),
         };
+        // This path, or a directory on the way to it, is a file still
+        // queued: let the writer catch up so the order is the archive's.
+        if !queued.is_empty() {
+            let mut prefix: Vec<u8> = Vec::with_capacity(raw_path.len());
+            let mut meets = false;
+            for (i, c) in parts.iter().enumerate() {
+                if i > 0 {
+                    prefix.push(b'/');
+                }
+                prefix.extend_from_slice(c);
+                if queued.contains(&prefix) {
+                    meets = true;
+                    break;
+                }
+            }
+            if meets {
+                flush(&mut queued)?;
+            }
+        }
         let (name, parents) = parts.split_last().expect("components are never empty");
         let hit = cached_parent.as_ref().is_some_and(|(p, _)| p.iter().map(Vec::as_slice).eq(parents.iter().copied()));
         if !hit {
@@ -245,9 +389,9 @@ pub fn extract_tar_gz(
                     ExtractError::Io(format!("creating the parents of `{shown}`: {e}"))
                 }
             })?;
-            cached_parent = Some((parents.iter().map(|p| p.to_vec()).collect(), dir));
+            cached_parent = Some((parents.iter().map(|p| p.to_vec()).collect(), Arc::new(dir)));
         }
-        let dir = &cached_parent.as_ref().expect("set above").1;
+        let dir = cached_parent.as_ref().expect("set above").1.clone();
         let mode = entry.header().mode().unwrap_or(0o644);
         if mode & 0o7000 != 0 {
             report.masked_modes += 1;
@@ -263,38 +407,34 @@ pub fn extract_tar_gz(
                         budgets.max_total_bytes
                     )));
                 }
-                let mut opts = OpenOptions::new();
-                opts.write(true).create(true).truncate(true);
-                // Created with its final mode when the umask cannot alter
-                // it (saves an fchmod per file); fixed up below otherwise.
-                cap_std::fs::OpenOptionsExt::mode(&mut opts, if mode & umask == 0 { mode } else { 0o600 });
-                cap_std::fs::OpenOptionsExt::custom_flags(&mut opts, libc::O_NOFOLLOW);
-                let mut file = dir.open_with(name_os, &opts).map_err(|e| match e.raw_os_error() {
-                    Some(libc::ELOOP) => refuse("a symlink of that name already exists".into()),
-                    Some(libc::EISDIR) => refuse("a directory of that name already exists".into()),
-                    _ => ExtractError::Io(format!("creating `{shown}`: {e}")),
-                })?;
-                let mut written = 0u64;
-                loop {
-                    let n = entry.read(&mut buf).map_err(|e| io_to_extract(e, &format!("reading `{shown}`")))?;
-                    if n == 0 {
-                        break;
-                    }
-                    file.write_all(&buf[..n]).map_err(|e| match e.raw_os_error() {
-                        Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
-                            ExtractError::Budget(format!("the workspace is full while writing `{shown}`"))
+                if size <= HANDOFF_MAX {
+                    let mut data = Vec::with_capacity(size as usize);
+                    (&mut entry)
+                        .take(HANDOFF_MAX + 1)
+                        .read_to_end(&mut data)
+                        .map_err(|e| io_to_extract(e, &format!("reading `{shown}`")))?;
+                    report.content_bytes += data.len() as u64;
+                    let path = parts.join(&b'/');
+                    writer
+                        .send(Job::File { dir, name: name.to_vec(), shown: shown.clone(), mode, data })
+                        .map_err(|_| ExtractError::Io("the writer thread stopped".into()))?;
+                    queued.insert(path);
+                } else {
+                    flush(&mut queued)?;
+                    let mut written = 0u64;
+                    write_file(&dir, name, &shown, mode, umask, owner, &mut |file| {
+                        loop {
+                            let n =
+                                entry.read(&mut buf).map_err(|e| io_to_extract(e, &format!("reading `{shown}`")))?;
+                            if n == 0 {
+                                return Ok(());
+                            }
+                            file.write_all(&buf[..n]).map_err(|e| write_error(&shown, e))?;
+                            written += n as u64;
                         }
-                        _ => ExtractError::Io(format!("writing `{shown}`: {e}")),
                     })?;
-                    written += n as u64;
+                    report.content_bytes += written;
                 }
-                report.content_bytes += written;
-                if mode & umask != 0 {
-                    file.set_permissions(Permissions::from_mode(mode))
-                        .map_err(|e| ExtractError::Io(format!("setting the mode of `{shown}`: {e}")))?;
-                }
-                drop(file);
-                chown(&dir, name, owner).map_err(|e| ExtractError::Io(format!("chown `{shown}`: {e}")))?;
             }
             EntryType::Directory => {
                 match dir.create_dir(name_os) {
@@ -329,6 +469,7 @@ pub fn extract_tar_gz(
         }
         progress(report.content_bytes, report.entries);
     }
+    flush(&mut queued)?;
     report.archive_bytes = compressed.load(Ordering::Relaxed);
     Ok(report)
 }

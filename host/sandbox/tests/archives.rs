@@ -332,3 +332,43 @@ fn export_resolves_only_inside_the_workspace() {
     assert!(matches!(open_export(&dir, "out/report.txt", 3), Err(ExportError::TooLarge { size: 6, max: 3, .. })));
     assert!(matches!(open_export(&dir, "missing.txt", 1024), Err(ExportError::NotFound(_))));
 }
+
+/// Small files are written by a second thread; the result must be the same
+/// as writing entries one at a time, in archive order.
+#[test]
+fn extraction_keeps_archive_order_with_its_writer_thread() {
+    let dir = |name: &'static str| E { name: name.as_bytes(), kind: b'5', data: b"", link: b"", mode: 0o755 };
+    // A later entry of the same name wins, small or large.
+    let ws = Ws::new();
+    let big = vec![7u8; 300 * 1024];
+    let names: Vec<String> = (0..500).map(|i| format!("d{}/f{i}.txt", i % 7)).collect();
+    let mut entries: Vec<E> = names.iter().map(|n| file(n, b"first")).collect();
+    entries.push(file("d3/f3.txt", b"second"));
+    entries.push(file("dup.bin", b"small first"));
+    entries.push(E { name: b"dup.bin", kind: b'0', data: &big, link: b"", mode: 0o600 });
+    entries.push(file("dup2.bin", &big));
+    entries.push(file("dup2.bin", b"small last"));
+    let report = ws.extract(&gz(&raw_tar(&entries)), Budgets::default()).unwrap();
+    assert_eq!(report.entries, 505);
+    let root = ws.outer.path().join("workspace");
+    assert_eq!(std::fs::read(root.join("d3/f3.txt")).unwrap(), b"second");
+    assert_eq!(std::fs::read(root.join("d6/f6.txt")).unwrap(), b"first");
+    assert_eq!(std::fs::read(root.join("dup.bin")).unwrap(), big);
+    assert_eq!(std::fs::read(root.join("dup2.bin")).unwrap(), b"small last");
+
+    // A queued file, then a directory, a symlink or a path through it.
+    refused(
+        Ws::new().extract(&gz(&raw_tar(&[file("x", b"1"), dir("x/")])), Budgets::default()),
+        "x/",
+        "already exists",
+    );
+    let link = E { name: b"y", kind: b'2', data: b"", link: b"z", mode: 0o777 };
+    refused(Ws::new().extract(&gz(&raw_tar(&[file("y", b"1"), link])), Budgets::default()), "y", "already exists");
+    refused(
+        Ws::new().extract(&gz(&raw_tar(&[file("p", b"1"), file("p/q", b"2")])), Budgets::default()),
+        "p/q",
+        "a parent directory is a symlink or a file",
+    );
+    // A directory, then a file of the same name: the writer's refusal names the entry.
+    refused(Ws::new().extract(&gz(&raw_tar(&[dir("w/"), file("w", b"1")])), Budgets::default()), "w", "directory");
+}
