@@ -645,3 +645,42 @@ fn the_cli_uploads_large_archives_in_stages() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(&sha256(&noise)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_staged_transfers_are_swept() {
+    let s = server(&[("CROWNEST_RUNS__ABANDONED_TRANSFER_SECS", "2")]);
+    let api = Api::new(&s);
+    let run = api.create(json!({"command": "true"})).await;
+    let id = run["id"].as_str().unwrap();
+    let (st, t) = api
+        .post(
+            &format!("/v1/workspace-runs/{id}/archive-transfers"),
+            json!({"sizeBytes": 3 << 20, "sha256": "0".repeat(64), "partSizeBytes": 1 << 20}),
+        )
+        .await;
+    assert_eq!(st, 201, "{t}");
+    let tid = t["data"]["id"].as_str().unwrap().to_string();
+    let (st, _) = api
+        .send(
+            api.http
+                .put(format!("{}/v1/workspace-runs/{id}/archive-transfers/{tid}/parts/0", s.url))
+                .body(vec![1u8; 1 << 20]),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let parts_dir = s.data_dir.join("transfers").join(&tid);
+    assert!(parts_dir.join("part-0").exists());
+    let mut swept = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !parts_dir.exists() {
+            swept = true;
+            break;
+        }
+    }
+    assert!(swept, "the abandoned parts are still on disk");
+    let (st, _) = api.get(&format!("/v1/workspace-runs/{id}/archive-transfers/{tid}")).await;
+    assert_eq!(st, 404);
+    // The run itself is untouched and can still get its archive.
+    assert_eq!(api.upload(id, &targz(&[("a", b"a", 0o644)])).await.0, 200);
+}

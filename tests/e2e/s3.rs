@@ -410,3 +410,41 @@ async fn with_presigning_enabled_staged_parts_and_downloads_go_straight_to_the_b
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), (9u64 << 20).to_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_presigned_transfers_are_swept_from_the_bucket() {
+    let g = Garage::start();
+    let mut env = s3_env(&g, "sweep/");
+    env.push(("CROWNEST_PLUGINS__ARTIFACT_STORE__CONFIG__PRESIGN_UPLOADS".into(), "true".into()));
+    env.push(("CROWNEST_RUNS__ABANDONED_TRANSFER_SECS".into(), "2".into()));
+    let s = server_with(&env);
+    let api = Api::new(&s);
+    let run = api.create(json!({"command": "true"})).await;
+    let id = run["id"].as_str().unwrap();
+    let archive = targz(&[("blob.bin", &noise(2 << 20, 5), 0o644)]);
+    let (st, t) = api
+        .post(
+            &format!("/v1/workspace-runs/{id}/archive-transfers"),
+            json!({"sizeBytes": archive.len(), "sha256": sha256(&archive), "partSizeBytes": 1 << 20}),
+        )
+        .await;
+    assert_eq!(st, 201, "{t}");
+    let tid = t["data"]["id"].as_str().unwrap().to_string();
+    let url = t["data"]["uploadUrls"][0]["url"].as_str().unwrap();
+    assert!(
+        reqwest::Client::new().put(url).body(archive[..1 << 20].to_vec()).send().await.unwrap().status().is_success()
+    );
+    let object = format!("sweep/transfers/{tid}/part-0");
+    assert!(g.curl_get(&object).is_some());
+    let mut gone = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if g.curl_get(&object).is_none() {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "the abandoned part is still in the bucket");
+    let (st, _) = api.get(&format!("/v1/workspace-runs/{id}/archive-transfers/{tid}")).await;
+    assert_eq!(st, 404);
+}

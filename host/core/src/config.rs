@@ -61,6 +61,9 @@ pub struct RunSettings {
     pub heartbeat_secs: u64,
     /// Longest time output waits before it becomes an event.
     pub output_flush_ms: u64,
+    /// A staged transfer not completed within this many seconds is
+    /// abandoned: its parts (on disk or in the bucket) are deleted.
+    pub abandoned_transfer_secs: u64,
 }
 
 impl Default for RunSettings {
@@ -75,6 +78,7 @@ impl Default for RunSettings {
             max_timeout_ms: 24 * 3600 * 1000,
             heartbeat_secs: 15,
             output_flush_ms: 50,
+            abandoned_transfer_secs: 48 * 3600,
         }
     }
 }

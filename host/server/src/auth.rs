@@ -221,7 +221,7 @@ impl FromRequestParts<AppState> for Caller {
                 let claimed = token
                     .and_then(|t| t.strip_prefix("cn_live_"))
                     .and_then(|rest| rest.split_once('_'))
-                    .map(|(id, _)| format!("claimed key_{}", &id[..id.len().min(32)]));
+                    .map(|(id, _)| format!("claimed key_{}", id.chars().take(32).collect::<String>()));
                 let e = AuditEvent {
                     actor: "anonymous".into(),
                     action: format!("{} {}", parts.method, parts.uri.path()),

@@ -15,6 +15,8 @@ mod views;
 
 pub use state::{AppState, Limits};
 
+pub use routes::sweep_abandoned_transfers;
+
 /// The full router.
 pub fn router(state: AppState) -> axum::Router {
     routes::router(state)

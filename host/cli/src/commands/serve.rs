@@ -136,11 +136,20 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
         },
         transfers_dir,
     };
-    // Idempotency records are kept at least 24 hours (purged after 48).
+    // Idempotency records are kept at least 24 hours (purged after 48);
+    // staged transfers left open are swept after `abandoned_transfer_secs`.
+    let abandoned = Duration::from_secs(r.abandoned_transfer_secs.max(1));
+    let every = (abandoned / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let sweeper = state.clone();
     tokio::spawn(async move {
+        let mut last_purge: Option<std::time::Instant> = None;
         loop {
-            let _ = store.purge_older_than(48 * 3600 * 1000).await;
-            tokio::time::sleep(Duration::from_secs(3600)).await;
+            if last_purge.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
+                let _ = store.purge_older_than(48 * 3600 * 1000).await;
+                last_purge = Some(std::time::Instant::now());
+            }
+            crownest_server::sweep_abandoned_transfers(&sweeper, abandoned).await;
+            tokio::time::sleep(every).await;
         }
     });
 

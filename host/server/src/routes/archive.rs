@@ -361,6 +361,35 @@ async fn visible_transfer(state: &AppState, caller: &Caller, run_id: &str, tid: 
     Ok((run, t))
 }
 
+/// Delete the parts and records of transfers left open longer than
+/// `max_age`: part files of transfers through the server, part objects of
+/// presigned ones. Returns how many were swept.
+pub async fn sweep_abandoned_transfers(state: &AppState, max_age: std::time::Duration) -> usize {
+    let Ok(list) = state.store.abandoned_transfers(max_age.as_millis() as u64).await else { return 0 };
+    let mut swept = 0;
+    for t in list {
+        if t.mode == "presigned" {
+            let mut all = true;
+            for n in 0..t.part_count() {
+                if let Err(e) = state.artifacts.delete(&part_key(&t.id, n)).await {
+                    tracing::warn!(transfer = %t.id, part = n, "cannot delete an abandoned part (retried later): {e}");
+                    all = false;
+                }
+            }
+            if !all {
+                continue;
+            }
+        } else {
+            let _ = tokio::fs::remove_dir_all(transfer_dir(state, &t.id)).await;
+        }
+        if state.store.delete_transfer(t.id.clone()).await.is_ok() {
+            tracing::info!(run_id = %t.run_id, transfer = %t.id, "swept an abandoned staged transfer");
+            swept += 1;
+        }
+    }
+    swept
+}
+
 /// `GET …/archive-transfers/{tid}`: which parts arrived (to resume).
 pub async fn get_transfer(
     State(state): State<AppState>,

@@ -20,6 +20,8 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, with_request_id};
 use crate::state::AppState;
 
+pub use archive::sweep_abandoned_transfers;
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/workspace-runs", post(runs::create).get(runs::list))

@@ -141,14 +141,11 @@ impl Store {
         .await
     }
 
-    /// Delete idempotency and transfer records older than `max_age_ms`.
+    /// Delete idempotency records older than `max_age_ms`.
     pub async fn purge_older_than(&self, max_age_ms: u64) -> Result<usize> {
         self.with(move |conn| {
             let cutoff = now_ms().saturating_sub(max_age_ms) as i64;
-            let a = conn.execute("DELETE FROM idempotency WHERE created_at < ?1", params![cutoff])?;
-            let b =
-                conn.execute("DELETE FROM transfers WHERE created_at < ?1 AND status != 'complete'", params![cutoff])?;
-            Ok(a + b)
+            Ok(conn.execute("DELETE FROM idempotency WHERE created_at < ?1", params![cutoff])?)
         })
         .await
     }

@@ -94,6 +94,26 @@ impl Store {
         .await
     }
 
+    /// Open transfers created more than `max_age_ms` ago.
+    pub async fn abandoned_transfers(&self, max_age_ms: u64) -> Result<Vec<Transfer>> {
+        self.with(move |conn| {
+            let cutoff = now_ms().saturating_sub(max_age_ms) as i64;
+            let mut st = conn.prepare("SELECT id FROM transfers WHERE status = 'open' AND created_at < ?1")?;
+            let ids: Vec<String> = st.query_map(params![cutoff], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            ids.iter().map(|id| load(conn, id)).collect()
+        })
+        .await
+    }
+
+    /// Forget a transfer whose parts are gone.
+    pub async fn delete_transfer(&self, id: String) -> Result<()> {
+        self.with(move |conn| {
+            conn.execute("DELETE FROM transfers WHERE id = ?1 AND status = 'open'", params![id])?;
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn complete_transfer(&self, id: String) -> Result<()> {
         self.with(move |conn| {
             conn.execute("UPDATE transfers SET status = 'complete' WHERE id = ?1", params![id])?;
