@@ -226,6 +226,17 @@ async fn revocation_is_immediate_and_keys_cannot_mint_keys() {
     assert!(listing.contains("revoked") && listing.contains("usage:read"), "{listing}");
     let out = s.cli().args(["projects", "create", "cli-made"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A key restricted to a project named on the command line.
+    let out = s
+        .cli()
+        .args(["keys", "create", "--project", "cli-made", "--scope", "workspace_runs:read", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(made["data"]["projectId"].as_str().unwrap().starts_with("prj_"), "{made}");
+    let out = s.cli().args(["keys", "create", "--project", "no-such", "--scope", "usage:read"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not_found"));
     let out = s.cli().args(["projects", "list"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("cli-made"));
     // An API key in CROWNEST_ADMIN_TOKEN is still just an API key.
@@ -397,9 +408,29 @@ async fn every_action_is_audited_and_no_full_key_appears_anywhere() {
     assert!(items.iter().any(|e| e["actor"] == "anonymous" && e["outcome"] == "denied"));
     // Destroyed sandboxes leave tombstones.
     assert!(items.iter().any(|e| e["action"] == "sandboxes:destroy"), "{items:?}");
-    // Filters work and the CLI lists them.
+    // Filters work, pages chain without gaps or repeats, and the CLI lists them.
     let (_, only) = adm.get("/v1/audit-events?action=keys:revoke").await;
     assert_eq!(only["data"]["items"].as_array().unwrap().len(), 1);
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/audit-events?limit=7&cursor={c}"),
+            None => "/v1/audit-events?limit=7".to_string(),
+        };
+        let (_, p) = adm.get(&path).await;
+        paged.extend(p["data"]["items"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_string()));
+        match p["data"]["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    let all: Vec<String> = items.iter().map(|e| e["id"].as_str().unwrap().to_string()).collect();
+    // (A sandbox destroyed after the listing may come first: compare the rest.)
+    let known: Vec<String> = paged.iter().filter(|id| all.contains(id)).cloned().collect();
+    assert_eq!(known, all, "pages, newest first, match the one-page listing");
+    let unique: std::collections::HashSet<&String> = paged.iter().collect();
+    assert_eq!(unique.len(), paged.len(), "no event on two pages");
     let out = s.cli().args(["audit", "list", "--admin", "--action", "keys:create"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("keys:create"), "{}", String::from_utf8_lossy(&out.stderr));
 
