@@ -25,7 +25,7 @@ fn main() {
     let plugins = repo.join("plugins");
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
 
-    for path in ["plugins/Cargo.toml", "plugins/Cargo.lock", "wit", "templates"] {
+    for path in ["plugins/Cargo.toml", "plugins/Cargo.lock", "plugins/store-keys", "wit", "templates"] {
         println!("cargo:rerun-if-changed={}", repo.join(path).display());
     }
     for (name, _) in BUILTINS {

@@ -27,6 +27,19 @@ pub fn server(extra: &[(&str, &str)]) -> Server {
     Server::start(&exe(), &env)
 }
 
+/// Pseudo-random bytes (xorshift from `seed`) that gzip cannot shrink, so
+/// an archive of them really is large.
+pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
 pub fn sha256(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }

@@ -265,14 +265,7 @@ async fn staged_transfers_are_resumable_and_verified() {
     let s = server(&[]);
     let api = Api::new(&s);
     // ~3 MiB of incompressible data in 1 MiB parts.
-    let mut noise = vec![0u8; 3 << 20];
-    let mut x: u64 = 0x1234_5678;
-    for b in noise.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
+    let noise = noise(3 << 20, 0x1234_5678);
     let archive = targz(&[("blob.bin", &noise, 0o644)]);
     let run = api.create(json!({"command": "sha256sum blob.bin"})).await;
     let id = run["id"].as_str().unwrap();
@@ -627,14 +620,7 @@ fn the_cli_runs_an_archive_and_reports_like_the_docs_say() {
 fn the_cli_uploads_large_archives_in_stages() {
     let s = server(&[]);
     let dir = tempfile::tempdir().unwrap();
-    let mut noise = vec![0u8; 10 << 20];
-    let mut x: u64 = 42;
-    for b in noise.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
+    let noise = noise(10 << 20, 42);
     let tgz = dir.path().join("big.tar.gz");
     std::fs::write(&tgz, targz(&[("noise.bin", &noise, 0o644)])).unwrap();
     let out = s

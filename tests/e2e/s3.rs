@@ -313,18 +313,6 @@ fn the_s3_plugin_passes_the_conformance_suite() {
     assert!(text.contains("PASS  put-large-streamed"), "{text}");
 }
 
-/// Random bytes that gzip cannot shrink (so the archive really is large).
-fn noise(len: usize, mut x: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_presigning_enabled_staged_parts_and_downloads_go_straight_to_the_bucket() {
     let g = Garage::start();

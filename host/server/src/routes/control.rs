@@ -14,7 +14,7 @@ use crownest_core::runs::store::{AuditFilter, StoreError};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::number;
+use super::{number, scope_projects};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -187,44 +187,6 @@ fn bucket_arg(q: &HashMap<String, String>, name: &str) -> ApiResult<Option<Strin
         ));
     }
     Ok(Some(month.to_string()))
-}
-
-/// The projects a listing may cover: `projectId` if given (and allowed),
-/// the key's project when restricted, its org's projects otherwise, `None`
-/// (everything) for the admin.
-async fn scope_projects(
-    state: &AppState,
-    caller: &Caller,
-    action: &str,
-    requested: Option<&String>,
-) -> ApiResult<Option<Vec<String>>> {
-    match (requested, caller.restricted_to()) {
-        (Some(p), _) => {
-            let p = caller.project(state, Some(p)).await?.0;
-            caller.authorize(state, action, Some(&p), &format!("project {p}")).await?;
-            Ok(Some(vec![p]))
-        }
-        (None, Some(p)) => {
-            caller.authorize(state, action, Some(p), &format!("project {p}")).await?;
-            Ok(Some(vec![p.to_string()]))
-        }
-        (None, None) => {
-            caller.authorize(state, action, None, "projects").await?;
-            Ok(match caller.org() {
-                None => None,
-                Some(org) => Some(
-                    state
-                        .store
-                        .list_projects(Some(org.to_string()))
-                        .await
-                        .map_err(ApiError::store)?
-                        .into_iter()
-                        .map(|p| p.id)
-                        .collect(),
-                ),
-            })
-        }
-    }
 }
 
 /// `GET /v1/usage?projectId=&from=&to=`: totals by bucket, pricing version

@@ -91,6 +91,44 @@ async fn visible_run(state: &AppState, caller: &Caller, id: &str, action: &str) 
     Ok(run)
 }
 
+/// The projects a listing may cover: `projectId` if given (and allowed),
+/// the key's project when restricted, its org's projects otherwise, `None`
+/// (everything) for the admin.
+pub(super) async fn scope_projects(
+    state: &AppState,
+    caller: &Caller,
+    action: &str,
+    requested: Option<&String>,
+) -> ApiResult<Option<Vec<String>>> {
+    match (requested, caller.restricted_to()) {
+        (Some(p), _) => {
+            let p = caller.project(state, Some(p)).await?.0;
+            caller.authorize(state, action, Some(&p), &format!("project {p}")).await?;
+            Ok(Some(vec![p]))
+        }
+        (None, Some(p)) => {
+            caller.authorize(state, action, Some(p), &format!("project {p}")).await?;
+            Ok(Some(vec![p.to_string()]))
+        }
+        (None, None) => {
+            caller.authorize(state, action, None, "projects").await?;
+            Ok(match caller.org() {
+                None => None,
+                Some(org) => Some(
+                    state
+                        .store
+                        .list_projects(Some(org.to_string()))
+                        .await
+                        .map_err(ApiError::store)?
+                        .into_iter()
+                        .map(|p| p.id)
+                        .collect(),
+                ),
+            })
+        }
+    }
+}
+
 /// Parse an optional numeric query parameter.
 fn number(q: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>> {
     q.get(name)

@@ -13,7 +13,7 @@ use crownest_core::runs::store::ListFilter;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{number, visible_run};
+use super::{number, scope_projects, visible_run};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -189,33 +189,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller, Query(q): Query
             .map(|s| s.parse::<RunStatus>().map_err(|e| ApiError::bad_request("invalid_request", e)))
             .transpose()?;
         let limit = number(&q, "limit")?.unwrap_or(50).clamp(1, 200) as u32;
-        let project_ids = match (q.get("projectId"), caller.restricted_to()) {
-            (Some(p), _) => {
-                let p = caller.project(&state, Some(p)).await?.0;
-                caller.authorize(&state, "workspace_runs:read", Some(&p), &format!("project {p}")).await?;
-                Some(vec![p])
-            }
-            (None, Some(p)) => {
-                caller.authorize(&state, "workspace_runs:read", Some(p), &format!("project {p}")).await?;
-                Some(vec![p.to_string()])
-            }
-            (None, None) => {
-                caller.authorize(&state, "workspace_runs:read", None, "workspace runs").await?;
-                match caller.org() {
-                    None => None,
-                    Some(org) => Some(
-                        state
-                            .store
-                            .list_projects(Some(org.to_string()))
-                            .await
-                            .map_err(ApiError::store)?
-                            .into_iter()
-                            .map(|p| p.id)
-                            .collect(),
-                    ),
-                }
-            }
-        };
+        let project_ids = scope_projects(&state, &caller, "workspace_runs:read", q.get("projectId")).await?;
         let (runs, next) = state
             .store
             .list_runs(ListFilter { project_ids, status, cursor: q.get("cursor").cloned(), limit })
