@@ -15,7 +15,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crownest_test_support::server::Server;
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -87,36 +86,20 @@ impl Api {
     }
 
     /// Start a run and read its SSE stream to the end: (events, stdout bytes).
+    /// Start a run and read its events with the real client's SSE stream
+    /// (what `run-archive` uses): the events other than output, and the
+    /// stdout bytes seen.
     async fn start_and_stream(&self, id: &str) -> (Vec<Value>, u64) {
         self.call(reqwest::Method::POST, &format!("/v1/workspace-runs/{id}/start"), None).await;
-        let resp = self
-            .http
-            .get(format!("{}/v1/workspace-runs/{id}/events", self.url))
-            .bearer_auth(&self.key)
-            .header("accept", "text/event-stream")
-            .send()
-            .await
-            .unwrap();
-        let mut stream = resp.bytes_stream();
-        let mut buf = Vec::new();
-        let mut events = Vec::new();
-        let mut out = 0u64;
-        while let Some(chunk) = stream.next().await {
-            buf.extend_from_slice(&chunk.unwrap());
-            while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
-                let block: Vec<u8> = buf.drain(..pos + 2).collect();
-                let text = String::from_utf8_lossy(&block);
-                if let Some(data) = text.lines().find_map(|l| l.strip_prefix("data: ")) {
-                    let v: Value = serde_json::from_str(data).unwrap();
-                    if v["type"] == "stdout" {
-                        out += v["data"]["text"].as_str().map(|t| t.len() as u64).unwrap_or(0);
-                        continue;
-                    }
-                    if v.get("seq").is_some() {
-                        events.push(v);
-                    }
-                }
+        let client = crownest_client::Client::new(self.url.clone(), self.key.clone());
+        let mut stream = client.events(id, 0);
+        let (mut events, mut out) = (Vec::new(), 0u64);
+        while let Some(v) = stream.next().await.unwrap() {
+            if v["type"] == "stdout" {
+                out += v["data"]["text"].as_str().map(|t| t.len() as u64).unwrap_or(0);
+                continue;
             }
+            events.push(v);
         }
         (events, out)
     }

@@ -13,13 +13,15 @@ pub struct EventStream {
     after: u64,
     body: Option<futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>>,
     buf: Vec<u8>,
+    /// How far `buf` has been searched for a blank line (each byte once).
+    scanned: usize,
     done: bool,
     reconnects: u32,
 }
 
 impl EventStream {
     pub(crate) fn new(client: Client, run_id: String, after: u64) -> Self {
-        EventStream { client, run_id, after, body: None, buf: Vec::new(), done: false, reconnects: 0 }
+        EventStream { client, run_id, after, body: None, buf: Vec::new(), scanned: 0, done: false, reconnects: 0 }
     }
 
     /// The highest seq delivered so far.
@@ -33,19 +35,22 @@ impl EventStream {
             if self.done {
                 return Ok(None);
             }
-            if let Some(pos) = find_blank_line(&self.buf) {
-                let block: Vec<u8> = self.buf.drain(..pos).collect();
-                let skip = if self.buf.starts_with(b"\r\n\r\n") { 4 } else { 2 };
-                self.buf.drain(..skip.min(self.buf.len()));
-                if let Some(ev) = self.parse(&block)? {
-                    return Ok(Some(ev));
+            match find_blank_line(&self.buf, self.scanned) {
+                Ok((pos, len)) => {
+                    let block: Vec<u8> = self.buf.drain(..pos + len).take(pos).collect();
+                    self.scanned = 0;
+                    if let Some(ev) = self.parse(&block)? {
+                        return Ok(Some(ev));
+                    }
+                    continue;
                 }
-                continue;
+                Err(scanned) => self.scanned = scanned,
             }
             if self.body.is_none() {
                 let resp = self.client.open_sse(&self.run_id, self.after).await?;
                 self.body = Some(resp.bytes_stream().boxed());
                 self.buf.clear();
+                self.scanned = 0;
             }
             match self.body.as_mut().expect("opened above").next().await {
                 Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
@@ -98,11 +103,48 @@ impl EventStream {
     }
 }
 
-fn find_blank_line(buf: &[u8]) -> Option<usize> {
-    let a = buf.windows(2).position(|w| w == b"\n\n");
-    let b = buf.windows(4).position(|w| w == b"\r\n\r\n");
-    match (a, b) {
-        (Some(x), Some(y)) => Some(x.min(y)),
-        (x, y) => x.or(y),
+/// The first blank line (`\n\n` or `\r\n\r\n`) in `buf`, searching from
+/// `from`: `Ok((start, length))`, or `Err(resume)` with where to search
+/// from once more bytes arrived (so a large event is scanned once, not once
+/// per network chunk).
+pub(crate) fn find_blank_line(buf: &[u8], from: usize) -> std::result::Result<(usize, usize), usize> {
+    let mut i = from;
+    while let Some(off) = buf.get(i..).and_then(|rest| rest.iter().position(|&b| b == b'\n')) {
+        let p = i + off;
+        match buf.get(p + 1) {
+            None => return Err(p),
+            Some(b'\n') => {
+                let crlf = p >= 1 && buf[p - 1] == b'\r';
+                return Ok(if crlf { (p - 1, 3) } else { (p, 2) });
+            }
+            Some(b'\r') => match buf.get(p + 2) {
+                None => return Err(p),
+                Some(b'\n') => {
+                    let start = if p >= 1 && buf[p - 1] == b'\r' { p - 1 } else { p };
+                    return Ok((start, p + 3 - start));
+                }
+                Some(_) => i = p + 1,
+            },
+            Some(_) => i = p + 1,
+        }
+    }
+    Err(buf.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_blank_line;
+
+    #[test]
+    fn blank_lines_are_found_across_chunks_in_one_pass() {
+        assert_eq!(find_blank_line(b"data: x\n\nrest", 0), Ok((7, 2)));
+        assert_eq!(find_blank_line(b"data: x\r\n\r\nrest", 0), Ok((7, 4)));
+        assert_eq!(find_blank_line(b"data: x\n", 0), Err(7), "the newline may start a blank line");
+        assert_eq!(find_blank_line(b"data: x\ndata: y", 0), Err(15));
+        let mut buf = b"data: x\n".to_vec();
+        let resume = find_blank_line(&buf, 0).unwrap_err();
+        buf.extend_from_slice(b"\nnext");
+        assert_eq!(find_blank_line(&buf, resume), Ok((7, 2)));
+        assert_eq!(find_blank_line(b"a\r\n\r", 0), Err(2));
     }
 }
