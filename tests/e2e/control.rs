@@ -520,3 +520,47 @@ async fn a_platform_team_replaces_the_auth_policy_by_configuration() {
     let (st, v) = api.get("/v1/workspace-runs").await;
     assert_eq!((st, v["error"]["code"].as_str()), (404, Some("not_found")), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_sandboxes_count_against_the_plan_until_killed() {
+    let s = server(&[("CROWNEST_PLUGINS__METER__CONFIG__MAX_CONCURRENT_SANDBOXES", "2")]);
+    let api = Api::new(&s);
+    let archive = targz(&[("README", b"x\n", 0o644)]);
+    let plain = api.run(json!({"command": "true"}), &archive).await;
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        let run = api.run(json!({"command": "echo kept > /workspace/mark", "keepSandbox": true}), &archive).await;
+        assert_eq!(run["status"], "succeeded", "{run}");
+        kept.push(run["sandboxId"].as_str().unwrap().to_string());
+    }
+    // Two kept sandboxes fill the default plan.
+    let third = api.create(json!({"command": "true"})).await;
+    let third_id = third["id"].as_str().unwrap().to_string();
+    api.upload(&third_id, &archive).await;
+    let (st, v) = api.start(&third_id).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (429, Some("quota_exceeded")), "{v}");
+    // A key without the scope cannot kill; a run's sandbox that was not kept is not killable.
+    let narrow = api.with_key(&key(&s, None, &["workspace_runs:read"]).await);
+    let (st, v) = narrow.post(&format!("/v1/sandboxes/{}/kill", kept[0]), json!({})).await;
+    assert_eq!(st, 403, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("sandboxes:kill"));
+    let (st, v) = api.post(&format!("/v1/sandboxes/{}/kill", plain["sandboxId"].as_str().unwrap()), json!({})).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (409, Some("sandbox_not_kept")), "{v}");
+    assert_eq!(api.post("/v1/sandboxes/sbx_nope/kill", json!({})).await.0, 404);
+    // The CLI kills one; the plan has room again and its time is in the usage.
+    let out = s.cli().args(["sandboxes", "kill", &kept[0]]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (st, v) = api.start(&third_id).await;
+    assert_eq!(st, 202, "{v}");
+    assert_eq!(api.wait(&third_id).await["status"], "succeeded");
+    // Killing again reports the tombstone; reusing it is refused up front.
+    let (st, v) = api.post(&format!("/v1/sandboxes/{}/kill", kept[0]), json!({})).await;
+    assert_eq!((st, v["data"]["status"].as_str()), (200, Some("destroyed")), "{v}");
+    let (st, v) = api.post("/v1/workspace-runs", json!({"command": "true", "sandboxId": kept[0]})).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (409, Some("sandbox_destroyed")), "{v}");
+    // The other kept sandbox still works for reuse and keeps its files.
+    let reuse = api.run(json!({"command": "cat /workspace/mark", "sandboxId": kept[1]}), &archive).await;
+    assert_eq!(reuse["status"], "succeeded", "{reuse}");
+    let (_, audit) = admin(&s).get(&format!("/v1/audit-events?action=sandboxes:kill&target={}", kept[0])).await;
+    assert_eq!(audit["data"]["items"][0]["outcome"], "success", "{audit}");
+}

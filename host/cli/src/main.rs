@@ -61,6 +61,9 @@ enum Command {
     /// The audit trail.
     #[command(subcommand)]
     Audit(commands::control::AuditCommand),
+    /// Sandboxes kept by runs.
+    #[command(subcommand)]
+    Sandboxes(commands::sandboxes::Command),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
             Command::Projects(cmd) => commands::control::projects(&ctx, cmd).await,
             Command::Usage { project, from, to, json } => commands::control::usage(&ctx, project, from, to, json).await,
             Command::Audit(cmd) => commands::control::audit(&ctx, cmd).await,
+            Command::Sandboxes(cmd) => commands::sandboxes::run(&ctx, cmd).await,
         }
     });
     match result {

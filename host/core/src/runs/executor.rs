@@ -73,6 +73,16 @@ pub struct Executor {
     kept: Mutex<HashMap<String, Arc<dyn Sandbox>>>,
 }
 
+/// What `kill_kept` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillOutcome {
+    Killed,
+    /// A run is using the sandbox right now (cancel the run instead).
+    Busy,
+    /// Not a kept sandbox (never kept, or already destroyed).
+    Gone,
+}
+
 /// How a run ended, before it is written.
 struct Ending {
     status: RunStatus,
@@ -568,6 +578,33 @@ impl Executor {
         self.audit_system("sandboxes:destroy", &sandbox.info().id, run, &format!("run {} ended", run.id)).await;
     }
 
+    /// Destroy a kept sandbox on request (`sandboxes:kill`): its metering
+    /// is settled and a tombstone stays.
+    pub async fn kill_kept(&self, sandbox_id: &str, reason: &str) -> Result<KillOutcome, PluginError> {
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner()).remove(sandbox_id);
+        match kept {
+            Some(sandbox) => sandbox.destroy().await?,
+            None => {
+                let on_disk = self.store.kept_sandboxes().await.map_err(|e| PluginError::unavailable(e.to_string()))?;
+                if !on_disk.iter().any(|id| id == sandbox_id) {
+                    // Not kept: in use by a run right now, or already gone.
+                    return Ok(if self.backends.metering.lease(sandbox_id).is_some() {
+                        KillOutcome::Busy
+                    } else {
+                        KillOutcome::Gone
+                    });
+                }
+                // Kept before a restart: not open in this process.
+                self.backends.runtime.destroy_by_id(sandbox_id).await?;
+            }
+        }
+        self.backends.metering.end(sandbox_id, true).await;
+        if let Err(e) = self.store.tombstone_sandbox(sandbox_id.to_string(), reason.to_string()).await {
+            tracing::error!(sandbox_id, "cannot record the sandbox tombstone: {e}");
+        }
+        Ok(KillOutcome::Killed)
+    }
+
     /// Stop kept sandboxes the meter stops (a cap or the lifetime limit
     /// reached while no run uses them). Runs in the background.
     pub fn watch_meter_stops(self: &Arc<Self>) {
@@ -583,6 +620,7 @@ impl Executor {
                     tracing::warn!(sandbox_id = %id, "destroying a stopped kept sandbox failed: {e}");
                 }
                 this.backends.metering.end(&id, true).await;
+                let _ = this.store.tombstone_sandbox(id.clone(), reason.clone()).await;
                 let e = AuditEvent {
                     org_id: Some(lease.subject.org_id.clone()),
                     actor: "system".into(),

@@ -5,6 +5,7 @@ mod artifacts;
 mod control;
 mod events;
 mod runs;
+mod sandboxes;
 
 use std::collections::HashMap;
 
@@ -42,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/keys", post(control::create_key).get(control::list_keys))
         .route("/v1/keys/{id}", axum::routing::delete(control::revoke_key))
         .route("/v1/keys/{id}/revoke", post(control::revoke_key))
+        .route("/v1/sandboxes/{id}/kill", post(sandboxes::kill))
         .route("/v1/usage", get(control::usage))
         .route("/v1/audit-events", get(control::audit_events))
         .route("/v1/health", get(health))

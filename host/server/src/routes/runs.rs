@@ -141,6 +141,16 @@ pub async fn create(
             }
             Some(_) => {}
         }
+        if let Some(sbx) = &parsed.sandbox_id {
+            if let Some((_, reason)) = state.store.sandbox_tombstone(sbx.clone()).await.map_err(ApiError::store)? {
+                return Err(ApiError::conflict(
+                    "sandbox_destroyed",
+                    format!(
+                        "sandbox {sbx} was destroyed ({reason}); create the run without `sandboxId` to get a new one"
+                    ),
+                ));
+            }
+        }
         if let Some(t) = parsed.timeout_ms {
             if t == 0 || t > state.limits.max_timeout_ms {
                 return Err(ApiError::unprocessable(

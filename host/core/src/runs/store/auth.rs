@@ -245,8 +245,8 @@ mod tests {
         let rec = store.verify_api_key(b.api_key.clone()).await.unwrap().unwrap();
         assert_eq!(rec.project_id.as_deref(), Some(b.project_id.as_str()));
         let mut wrong = b.api_key.clone();
-        wrong.pop();
-        wrong.push('0');
+        let last = wrong.pop().unwrap();
+        wrong.push(if last == '0' { '1' } else { '0' });
         assert!(store.verify_api_key(wrong).await.unwrap().is_none());
         assert!(store.verify_api_key("cn_live_nope".into()).await.unwrap().is_none());
         assert!(store.verify_admin(b.admin_token.clone()).await.unwrap());

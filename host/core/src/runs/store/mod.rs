@@ -86,6 +86,9 @@ CREATE TABLE IF NOT EXISTS audit_events (
     target TEXT, project_id TEXT, request_id TEXT, outcome TEXT NOT NULL, detail TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_by_time ON audit_events (at);
+CREATE TABLE IF NOT EXISTS sandbox_tombstones (
+    id TEXT PRIMARY KEY, destroyed_at INTEGER NOT NULL, reason TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS idempotency (
     project_id TEXT NOT NULL, endpoint TEXT NOT NULL, key TEXT NOT NULL, request_hash TEXT NOT NULL,
     state TEXT NOT NULL, status_code INTEGER, body BLOB, created_at INTEGER NOT NULL,

@@ -266,10 +266,52 @@ impl Store {
         .await
     }
 
+    /// The org, project and latest run of a sandbox, if a run created or
+    /// used it.
+    pub async fn sandbox_owner(&self, sandbox_id: String) -> Result<Option<(String, String, String)>> {
+        self.with(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT org_id, project_id, id FROM runs WHERE sandbox_id = ?1 ORDER BY created_at DESC LIMIT 1",
+                    params![sandbox_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Record that a kept sandbox was destroyed (kept for good: a run that
+    /// names it is refused with a clear error).
+    pub async fn tombstone_sandbox(&self, sandbox_id: String, reason: String) -> Result<()> {
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO sandbox_tombstones (id, destroyed_at, reason) VALUES (?1, ?2, ?3)",
+                params![sandbox_id, now_ms() as i64, reason],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Why and when a sandbox was destroyed, if it was.
+    pub async fn sandbox_tombstone(&self, sandbox_id: String) -> Result<Option<(u64, String)>> {
+        self.with(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT destroyed_at, reason FROM sandbox_tombstones WHERE id = ?1",
+                    params![sandbox_id],
+                    |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
     /// Sandboxes that must survive a restart: kept by a terminal run.
     pub async fn kept_sandboxes(&self) -> Result<Vec<String>> {
         self.with(|conn| {
-            let mut stmt = conn.prepare("SELECT sandbox_id, spec FROM runs WHERE sandbox_id IS NOT NULL AND status IN ('succeeded','failed','canceled')")?;
+            let mut stmt = conn.prepare("SELECT sandbox_id, spec FROM runs WHERE sandbox_id IS NOT NULL AND status IN ('succeeded','failed','canceled') AND sandbox_id NOT IN (SELECT id FROM sandbox_tombstones)")?;
             let rows: Vec<(String, String)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
             Ok(rows
                 .into_iter()
