@@ -125,6 +125,14 @@ impl Client {
         }
     }
 
+    /// The response if it succeeded, else the API error it carries.
+    async fn success(resp: reqwest::Response) -> Result<reqwest::Response> {
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Err(Self::decode(resp).await.err().unwrap_or_else(|| ClientError::Other("unexpected success".into())))
+    }
+
     /// A JSON call; returns the envelope's `data`.
     pub async fn call(&self, method: Method, path: &str, body: Option<&Value>, idem: Option<&str>) -> Result<Value> {
         let repeatable = method == Method::GET || idem.is_some();
@@ -187,12 +195,7 @@ impl Client {
     /// unchanged (the Evidence Bundle): the inner bytes, exactly.
     pub async fn get_raw_data(&self, path: &str) -> Result<Vec<u8>> {
         let resp = self.send(Method::GET, path, None, None, true).await?;
-        if !resp.status().is_success() {
-            return Err(Self::decode(resp)
-                .await
-                .err()
-                .unwrap_or_else(|| ClientError::Other("unexpected success".into())));
-        }
+        let resp = Self::success(resp).await?;
         let bytes = resp.bytes().await.map_err(|e| ClientError::Other(e.to_string()))?;
         let inner = bytes
             .strip_prefix(b"{\"data\":")
@@ -203,14 +206,7 @@ impl Client {
 
     /// A streamed GET (artifact content).
     pub async fn download(&self, path: &str) -> Result<reqwest::Response> {
-        let resp = self.send(Method::GET, path, None, None, true).await?;
-        if !resp.status().is_success() {
-            return Err(Self::decode(resp)
-                .await
-                .err()
-                .unwrap_or_else(|| ClientError::Other("unexpected success".into())));
-        }
-        Ok(resp)
+        Self::success(self.send(Method::GET, path, None, None, true).await?).await
     }
 
     /// Live events of a run after `after_seq`, resuming on disconnect, until
@@ -229,12 +225,6 @@ impl Client {
             .send()
             .await
             .map_err(|e| ClientError::Transport { url: self.url(&path), message: e.to_string() })?;
-        if !resp.status().is_success() {
-            return Err(Self::decode(resp)
-                .await
-                .err()
-                .unwrap_or_else(|| ClientError::Other("unexpected success".into())));
-        }
-        Ok(resp)
+        Self::success(resp).await
     }
 }

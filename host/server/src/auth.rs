@@ -102,7 +102,7 @@ impl Caller {
             Decision::Deny(reason) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", reason),
             Decision::Conceal(_) => ApiError::not_found(what),
         };
-        self.audit_denied(state, action, None, project, &refusal).await;
+        self.audit_denied(state, action, project, &refusal).await;
         Err(refusal)
     }
 
@@ -117,19 +117,12 @@ impl Caller {
             "forbidden",
             format!("`{action}` needs the admin credential; API keys cannot manage keys or projects"),
         );
-        self.audit_denied(state, action, None, None, &refusal).await;
+        self.audit_denied(state, action, None, &refusal).await;
         Err(refusal)
     }
 
-    async fn audit_denied(
-        &self,
-        state: &AppState,
-        action: &str,
-        target: Option<&str>,
-        project: Option<&str>,
-        refusal: &ApiError,
-    ) {
-        self.audit(state, action, target, project, "denied", Some(format!("{}: {}", refusal.code, refusal.message)))
+    async fn audit_denied(&self, state: &AppState, action: &str, project: Option<&str>, refusal: &ApiError) {
+        self.audit(state, action, None, project, "denied", Some(format!("{}: {}", refusal.code, refusal.message)))
             .await;
     }
 

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crownest_core::ports::{ArtifactStore, AuthScoper, Meter, TemplateInfo};
+use crownest_core::ports::{ArtifactStore, AuthScoper, TemplateInfo};
 use crownest_core::runs::Store;
 use crownest_core::runs::executor::Executor;
 
@@ -41,9 +41,7 @@ pub struct AppState {
     pub artifacts: Arc<dyn ArtifactStore>,
     /// Decides every request (the auth scoper plugin).
     pub auth: Arc<dyn AuthScoper>,
-    /// Prices sandbox time and answers usage queries (the meter plugin).
-    pub meter: Option<Arc<dyn Meter>>,
-    /// Admission checks before a run is queued.
+    /// The meter plugin behind admission checks and usage queries.
     pub metering: Arc<crownest_core::runs::metering::Metering>,
     /// Templates of the runtime provider, read at start-up.
     pub templates: Arc<Vec<TemplateInfo>>,

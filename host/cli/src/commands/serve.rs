@@ -101,7 +101,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
         artifact_store_name: store_name,
     };
     let units = templates.iter().map(|t| (t.name.clone(), t.compute_units)).collect();
-    let metering = Metering::new(meter.clone(), Some(host.kv().clone()), units);
+    let metering = Metering::new(meter, Some(host.kv().clone()), units);
     metering.start();
     let hub = Arc::new(EventHub::default());
     let executor = Executor::new(
@@ -124,7 +124,6 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
         executor,
         artifacts,
         auth,
-        meter,
         metering,
         templates: Arc::new(templates),
         limits: Limits {

@@ -214,8 +214,7 @@ impl Executor {
                 match self.backends.metering.begin(&sandbox_id, &run.org_id, &run.project_id, &run.spec.template).await
                 {
                     Ok(l) => l,
-                    Err(refusal) => {
-                        let e = refusal.0;
+                    Err(e) => {
                         let code =
                             if e.kind == ErrorKind::QuotaExceeded { "quota_exceeded" } else { "metering_unavailable" };
                         self.event(run_id, EventType::Error, json!({"code": code, "message": e.message})).await;
@@ -415,7 +414,7 @@ impl Executor {
             // At a cap every second counts: no grace.
             Why::Stopped(reason) => {
                 let o = crate::ports::runtime::terminate(process.as_ref(), Duration::ZERO).await;
-                self.audit_system("sandboxes:kill", &sandbox.info().id, run, reason).await;
+                self.audit_system("sandboxes:kill", &sandbox.info().id, &run.org_id, &run.project_id, reason).await;
                 o
             }
         };
@@ -551,19 +550,19 @@ impl Executor {
 
     /// An audit event by the server itself (a kill at a cap, a sandbox
     /// destroyed: tombstones of things that no longer exist).
-    async fn audit_system(&self, action: &str, target: &str, run: &Run, detail: &str) {
+    async fn audit_system(&self, action: &str, target: &str, org: &str, project: &str, detail: &str) {
         let e = AuditEvent {
-            org_id: Some(run.org_id.clone()),
+            org_id: Some(org.to_string()),
             actor: "system".into(),
             action: action.into(),
             target: Some(target.to_string()),
-            project_id: Some(run.project_id.clone()),
+            project_id: Some(project.to_string()),
             outcome: "success".into(),
             detail: Some(detail.to_string()),
             ..AuditEvent::default()
         };
         if let Err(e) = self.store.audit(e).await {
-            tracing::error!(run_id = %run.id, "cannot write an audit event: {e}");
+            tracing::error!(target, "cannot write an audit event: {e}");
         }
     }
 
@@ -575,15 +574,17 @@ impl Executor {
         if let Err(e) = sandbox.destroy().await {
             tracing::warn!(run_id = %run.id, "destroying the sandbox failed (the reaper will retry): {e}");
         }
-        self.audit_system("sandboxes:destroy", &sandbox.info().id, run, &format!("run {} ended", run.id)).await;
+        let detail = format!("run {} ended", run.id);
+        self.audit_system("sandboxes:destroy", &sandbox.info().id, &run.org_id, &run.project_id, &detail).await;
     }
 
     /// Destroy a kept sandbox on request (`sandboxes:kill`): its metering
     /// is settled and a tombstone stays.
     pub async fn kill_kept(&self, sandbox_id: &str, reason: &str) -> Result<KillOutcome, PluginError> {
-        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner()).remove(sandbox_id);
-        match kept {
-            Some(sandbox) => sandbox.destroy().await?,
+        match self.take_kept(sandbox_id) {
+            Some(sandbox) => {
+                return self.finish_kill(sandbox_id, Some(sandbox), reason).await.map(|_| KillOutcome::Killed);
+            }
             None => {
                 let on_disk = self.store.kept_sandboxes().await.map_err(|e| PluginError::unavailable(e.to_string()))?;
                 if !on_disk.iter().any(|id| id == sandbox_id) {
@@ -595,14 +596,36 @@ impl Executor {
                     });
                 }
                 // Kept before a restart: not open in this process.
-                self.backends.runtime.destroy_by_id(sandbox_id).await?;
+                self.finish_kill(sandbox_id, None, reason).await?;
             }
         }
+        Ok(KillOutcome::Killed)
+    }
+
+    /// Take a kept sandbox out of the pool (no run can reuse it from now).
+    fn take_kept(&self, sandbox_id: &str) -> Option<Arc<dyn Sandbox>> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner()).remove(sandbox_id)
+    }
+
+    /// Destroy a kept sandbox (open here, or only on disk), settle its
+    /// metering and leave its tombstone.
+    async fn finish_kill(
+        &self,
+        sandbox_id: &str,
+        sandbox: Option<Arc<dyn Sandbox>>,
+        reason: &str,
+    ) -> Result<(), PluginError> {
+        let destroyed = match sandbox {
+            Some(s) => s.destroy().await,
+            None => self.backends.runtime.destroy_by_id(sandbox_id).await,
+        };
+        // Settled and tombstoned either way: a sandbox whose destroy failed
+        // is no longer kept, so the reaper removes it at the next start.
         self.backends.metering.end(sandbox_id, true).await;
         if let Err(e) = self.store.tombstone_sandbox(sandbox_id.to_string(), reason.to_string()).await {
             tracing::error!(sandbox_id, "cannot record the sandbox tombstone: {e}");
         }
-        Ok(KillOutcome::Killed)
+        destroyed
     }
 
     /// Stop kept sandboxes the meter stops (a cap or the lifetime limit
@@ -613,25 +636,14 @@ impl Executor {
         tokio::spawn(async move {
             while let Some(lease) = stops.recv().await {
                 let id = lease.subject.sandbox_id.clone();
-                let kept = this.kept.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                let Some(sandbox) = kept else { continue };
+                // A sandbox a run is using is stopped by that run.
+                let Some(sandbox) = this.take_kept(&id) else { continue };
                 let reason = lease.stop_reason().unwrap_or_default();
-                if let Err(e) = sandbox.destroy().await {
+                if let Err(e) = this.finish_kill(&id, Some(sandbox), &reason).await {
                     tracing::warn!(sandbox_id = %id, "destroying a stopped kept sandbox failed: {e}");
                 }
-                this.backends.metering.end(&id, true).await;
-                let _ = this.store.tombstone_sandbox(id.clone(), reason.clone()).await;
-                let e = AuditEvent {
-                    org_id: Some(lease.subject.org_id.clone()),
-                    actor: "system".into(),
-                    action: "sandboxes:kill".into(),
-                    target: Some(id.clone()),
-                    project_id: Some(lease.subject.project_id.clone()),
-                    outcome: "success".into(),
-                    detail: Some(reason),
-                    ..AuditEvent::default()
-                };
-                let _ = this.store.audit(e).await;
+                let (org, project) = (&lease.subject.org_id, &lease.subject.project_id);
+                this.audit_system("sandboxes:kill", &id, org, project, &reason).await;
             }
         });
     }

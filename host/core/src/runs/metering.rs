@@ -18,7 +18,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::error::PluginError;
 use crate::kv::KeyValueStore;
-use crate::ports::{Admission, Meter, MeterSubject, TickDecision};
+use crate::ports::{Admission, Meter, MeterSubject, TickDecision, Usage, UsageQuery};
 use crate::runs::ids::now_ms;
 
 /// How often the ticker looks for completed seconds.
@@ -57,10 +57,6 @@ impl Lease {
     }
 }
 
-/// A meter's refusal or failure at admission.
-#[derive(Debug, Clone)]
-pub struct Refusal(pub PluginError);
-
 /// The metering service (one per server).
 pub struct Metering {
     meter: Option<Arc<dyn Meter>>,
@@ -89,6 +85,14 @@ impl Metering {
 
     pub fn enabled(&self) -> bool {
         self.meter.is_some()
+    }
+
+    /// Usage totals from the meter; `None` when nothing is metered.
+    pub async fn usage(&self, query: &UsageQuery) -> Result<Option<Vec<Usage>>, PluginError> {
+        match &self.meter {
+            Some(m) => m.usage(query).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Leases the meter asked to stop (taken once, by the executor).
@@ -128,10 +132,10 @@ impl Metering {
 
     /// Would a new sandbox be admitted now, with `pending` more sandboxes of
     /// the org about to start? (Asked before a run is queued.)
-    pub async fn precheck(&self, org: &str, project: &str, template: &str, pending: u32) -> Result<(), Refusal> {
+    pub async fn precheck(&self, org: &str, project: &str, template: &str, pending: u32) -> Result<(), PluginError> {
         let Some(meter) = &self.meter else { return Ok(()) };
         let subject = self.subject("sbx_precheck", org, project, template, self.active_in(org) + pending);
-        meter.admit(&subject).await.map(|_| ()).map_err(Refusal)
+        meter.admit(&subject).await.map(|_| ())
     }
 
     /// Admit a sandbox that is about to be created; it is metered from now.
@@ -142,7 +146,7 @@ impl Metering {
         org: &str,
         project: &str,
         template: &str,
-    ) -> Result<Option<Arc<Lease>>, Refusal> {
+    ) -> Result<Option<Arc<Lease>>, PluginError> {
         self.begin_at(sandbox_id, org, project, template, Instant::now()).await
     }
 
@@ -153,10 +157,10 @@ impl Metering {
         project: &str,
         template: &str,
         started: Instant,
-    ) -> Result<Option<Arc<Lease>>, Refusal> {
+    ) -> Result<Option<Arc<Lease>>, PluginError> {
         let Some(meter) = &self.meter else { return Ok(None) };
         let subject = self.subject(sandbox_id, org, project, template, self.active_in(org));
-        let admission = meter.admit(&subject).await.map_err(Refusal)?;
+        let admission = meter.admit(&subject).await?;
         let lease = Arc::new(Lease {
             subject,
             admission,
@@ -264,17 +268,12 @@ impl Metering {
 
 /// `quota_exceeded` or `lifetime_exceeded` for a meter's stop reason.
 pub fn stop_code(reason: &str) -> &'static str {
-    if reason.starts_with("max_lifetime") || reason.contains("lifetime") {
-        "lifetime_exceeded"
-    } else {
-        "quota_exceeded"
-    }
+    if reason.contains("lifetime") { "lifetime_exceeded" } else { "quota_exceeded" }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::{Usage, UsageQuery};
 
     /// Admits up to `limit` sandboxes, stops at `stop_at` ticked seconds,
     /// and records every call.

@@ -200,12 +200,11 @@ pub async fn usage(
         async {
             let projects = scope_projects(&state, &caller, "usage:read", q.get("projectId")).await?;
             let (from, to) = (bucket_arg(&q, "from")?, bucket_arg(&q, "to")?);
-            let Some(meter) = &state.meter else {
-                return Ok(json::data(StatusCode::OK, json!({"items": [], "totals": {"computeUnitSeconds": 0, "amountMicroUsd": 0, "amountUsd": views::usd(0)}, "metered": false})));
-            };
             let only = projects.as_ref().filter(|p| p.len() == 1).map(|p| p[0].clone());
             let query = UsageQuery { project_id: only, from_bucket: from, to_bucket: to };
-            let mut rows = meter.usage(&query).await.map_err(ApiError::plugin)?;
+            let usage = state.metering.usage(&query).await.map_err(ApiError::plugin)?;
+            let metered = usage.is_some();
+            let mut rows = usage.unwrap_or_default();
             if let Some(ps) = &projects {
                 rows.retain(|u| ps.contains(&u.project_id));
             }
@@ -215,7 +214,7 @@ pub async fn usage(
             let items: Vec<_> = rows.iter().map(views::usage).collect();
             Ok(json::data(
                 StatusCode::OK,
-                json!({"items": items, "totals": {"computeUnitSeconds": cus, "amountMicroUsd": micro, "amountUsd": views::usd(micro)}, "metered": true}),
+                json!({"items": items, "totals": {"computeUnitSeconds": cus, "amountMicroUsd": micro, "amountUsd": views::usd(micro)}, "metered": metered}),
             ))
         }
         .await,

@@ -231,14 +231,14 @@ async fn admission_precheck(state: &AppState, run: &crownest_core::runs::Run) ->
             id != &run.id && reuse.is_none() && m.lease(&crownest_core::runs::ids::sandbox_id_for_run(id)).is_none()
         })
         .count() as u32;
-    m.precheck(&run.org_id, &run.project_id, &run.spec.template, pending).await.map_err(|r| {
-        if r.0.kind == crownest_core::ErrorKind::QuotaExceeded {
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", r.0.message)
+    m.precheck(&run.org_id, &run.project_id, &run.spec.template, pending).await.map_err(|e| {
+        if e.kind == crownest_core::ErrorKind::QuotaExceeded {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", e.message)
         } else {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "metering_unavailable",
-                format!("the meter could not admit this run: {}", r.0.message),
+                format!("the meter could not admit this run: {}", e.message),
             )
         }
     })

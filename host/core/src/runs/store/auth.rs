@@ -196,18 +196,6 @@ impl Store {
         })
         .await
     }
-
-    /// The first project of the default org (the admin's default project).
-    pub async fn default_project(&self) -> Result<Option<(String, String)>> {
-        self.with(|conn| {
-            Ok(conn
-                .query_row("SELECT id, org_id FROM projects ORDER BY created_at LIMIT 1", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .optional()?)
-        })
-        .await
-    }
 }
 
 /// A fresh key: (full key, id, secret).

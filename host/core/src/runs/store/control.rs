@@ -263,8 +263,10 @@ impl Store {
                 add("rowid <", V::Integer(b));
             }
             if let Some(ps) = &f.project_ids {
-                let list: Vec<String> = ps.iter().map(|p| format!("'{}'", p.replace('\'', "''"))).collect();
-                sql.push_str(&format!(" AND project_id IN ({})", if list.is_empty() { "NULL".into() } else { list.join(",") }));
+                let marks: Vec<String> = (1..=ps.len()).map(|i| format!("?{}", args.len() + i)).collect();
+                args.extend(ps.iter().cloned().map(V::Text));
+                let list = if marks.is_empty() { "NULL".to_string() } else { marks.join(",") };
+                sql.push_str(&format!(" AND project_id IN ({list})"));
             }
             let limit = f.limit.clamp(1, 1000);
             sql.push_str(&format!(" ORDER BY rowid DESC LIMIT {}", limit + 1));
