@@ -95,6 +95,16 @@ impl Api {
         (status, serde_json::from_str(&text).unwrap_or_else(|_| json!({"raw": text})))
     }
 
+    /// An authenticated GET to adjust (headers) before sending.
+    pub fn get_req(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.get(format!("{}{path}", self.url)).bearer_auth(&self.key)
+    }
+
+    /// The raw body of an authenticated GET.
+    pub async fn bytes(&self, path: &str) -> Vec<u8> {
+        self.get_req(path).send().await.unwrap().bytes().await.unwrap().to_vec()
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.send(self.http.get(format!("{}{path}", self.url))).await
     }

@@ -99,25 +99,10 @@ async fn a_run_streams_ordered_events_keeps_artifacts_and_writes_evidence() {
     assert_eq!(report["sha256"], sha256(b"report"));
     let aid = report["id"].as_str().unwrap();
     assert!(ids.contains(&aid));
-    let bytes = api
-        .http
-        .get(format!("{}/v1/artifacts/{aid}/content", s.url))
-        .bearer_auth(&s.api_key)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let bytes = api.bytes(&format!("/v1/artifacts/{aid}/content")).await;
     assert_eq!(&bytes[..], b"report");
     // The evidence served is the stored bytes, and its digest header matches them.
-    let resp = api
-        .http
-        .get(format!("{}/v1/workspace-runs/{id}/evidence", s.url))
-        .bearer_auth(&s.api_key)
-        .send()
-        .await
-        .unwrap();
+    let resp = api.get_req(&format!("/v1/workspace-runs/{id}/evidence")).send().await.unwrap();
     let digest = resp.headers()["x-evidence-sha256"].to_str().unwrap().to_string();
     let raw = resp.bytes().await.unwrap();
     let inner = &raw[b"{\"data\":".len()..raw.len() - 1];
@@ -195,11 +180,8 @@ async fn events_resume_exactly_after_a_cursor_and_bad_cursors_are_refused() {
     assert_eq!(page["data"]["hasMore"], true);
     // SSE from a cursor, and from Last-Event-ID: exactly the rest, ending at terminal.
     for (query, header) in [(format!("?afterSeq={}", n - 3), None), (String::new(), Some((n - 3).to_string()))] {
-        let mut req = api
-            .http
-            .get(format!("{}/v1/workspace-runs/{id}/events{query}", s.url))
-            .bearer_auth(&s.api_key)
-            .header("accept", "text/event-stream");
+        let mut req =
+            api.get_req(&format!("/v1/workspace-runs/{id}/events{query}")).header("accept", "text/event-stream");
         if let Some(h) = header {
             req = req.header("last-event-id", h);
         }
@@ -226,9 +208,7 @@ async fn live_sse_sends_heartbeats_and_closes_after_terminal() {
     api.upload(id, &py_archive()).await;
     api.start(id).await;
     let resp = api
-        .http
-        .get(format!("{}/v1/workspace-runs/{id}/events", s.url))
-        .bearer_auth(&s.api_key)
+        .get_req(&format!("/v1/workspace-runs/{id}/events"))
         .header("accept", "text/event-stream")
         .send()
         .await
@@ -499,9 +479,7 @@ async fn kill_9_during_runs_loses_no_acknowledged_event_and_fails_them_on_restar
     api.start(&id).await;
     // Read some events live, remember the last acknowledged one.
     let resp = api
-        .http
-        .get(format!("{}/v1/workspace-runs/{id}/events", s.url))
-        .bearer_auth(&s.api_key)
+        .get_req(&format!("/v1/workspace-runs/{id}/events"))
         .header("accept", "text/event-stream")
         .send()
         .await

@@ -67,16 +67,7 @@ async fn artifact_suite(s: &Server) -> Vec<serde_json::Value> {
         let (_, meta) = api.get(&format!("/v1/artifacts/{aid}")).await;
         let meta = meta["data"].clone();
         assert_eq!(meta["sha256"], a["sha256"]);
-        let bytes = api
-            .http
-            .get(format!("{}/v1/artifacts/{aid}/content", s.url))
-            .bearer_auth(&s.api_key)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let bytes = api.bytes(&format!("/v1/artifacts/{aid}/content")).await;
         assert_eq!(sha256(&bytes), a["sha256"].as_str().unwrap(), "download matches the evidence");
         assert_eq!(bytes.len() as u64, a["sizeBytes"].as_u64().unwrap());
         out.push(meta);

@@ -49,17 +49,23 @@ impl Server {
         s
     }
 
-    /// (Re)start the process on the same data directory and port.
-    pub fn spawn(&mut self) {
+    /// `crownest --data-dir <ours>` with none of the test process's own
+    /// `CROWNEST_*` settings leaking in.
+    fn command(&self) -> Command {
         let mut cmd = Command::new(&self.exe);
         for (k, _) in std::env::vars() {
             if k.starts_with("CROWNEST_") {
                 cmd.env_remove(k);
             }
         }
-        cmd.arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+        cmd.arg("--data-dir").arg(&self.data_dir);
+        cmd
+    }
+
+    /// (Re)start the process on the same data directory and port.
+    pub fn spawn(&mut self) {
+        let mut cmd = self.command();
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
             .env("CROWNEST_SANDBOX__ROOT", &self.sandbox_root)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
@@ -118,16 +124,8 @@ impl Server {
 
     /// A `crownest` command aimed at this server.
     pub fn cli(&self) -> Command {
-        let mut cmd = Command::new(&self.exe);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("CROWNEST_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.arg("--data-dir")
-            .arg(&self.data_dir)
-            .env("CROWNEST_API_URL", &self.url)
-            .env("CROWNEST_SANDBOX__ROOT", &self.sandbox_root);
+        let mut cmd = self.command();
+        cmd.env("CROWNEST_API_URL", &self.url).env("CROWNEST_SANDBOX__ROOT", &self.sandbox_root);
         cmd
     }
 }
