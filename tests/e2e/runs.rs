@@ -238,6 +238,36 @@ async fn output_over_the_cap_is_announced_counted_and_hashed() {
     assert_eq!(ev["streams"]["stdout"]["storedBytes"], 1000);
     assert_eq!(ev["streams"]["stdout"]["truncated"], true);
     assert_eq!(ev["streams"]["stdout"]["sha256"], sha256(&[b'x'; 5000]));
+    // Each output event commits to everything stored up to its end.
+    let last_stored = out.iter().rev().find(|e| e["data"]["bytes"].as_u64() > Some(0)).unwrap();
+    assert_eq!(last_stored["data"]["streamSha256"], sha256(&[b'x'; 1000]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_events_carry_the_digest_of_the_stream_so_far() {
+    let s = server(&[("CROWNEST_RUNS__OUTPUT_FLUSH_MS", "1")]);
+    let api = Api::new(&s);
+    // Three separate writes, far enough apart to land in separate events,
+    // of sizes that do not fall on block boundaries.
+    let r = api
+        .run(
+            json!({"command": "head -c 5000 /dev/zero | tr '\\0' a; sleep 0.3; head -c 4097 /dev/zero | tr '\\0' b; sleep 0.3; printf c"}),
+            &py_archive(),
+        )
+        .await;
+    let id = r["id"].as_str().unwrap();
+    let events = api.all_events(id).await;
+    let out: Vec<_> = events.iter().filter(|e| e["type"] == "stdout").collect();
+    assert!(out.len() >= 3, "{out:?}");
+    let mut stream = Vec::new();
+    for e in &out {
+        assert_eq!(e["data"]["offset"].as_u64().unwrap(), stream.len() as u64);
+        stream.extend_from_slice(e["data"]["text"].as_str().unwrap().as_bytes());
+        assert_eq!(e["data"]["streamSha256"], sha256(&stream), "prefix digest of {e}");
+    }
+    let expected: Vec<u8> = [vec![b'a'; 5000], vec![b'b'; 4097], vec![b'c']].concat();
+    assert_eq!(stream, expected);
+    assert_eq!(api.evidence(id).await["streams"]["stdout"]["sha256"], sha256(&expected));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

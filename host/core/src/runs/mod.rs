@@ -13,6 +13,7 @@ pub mod ids;
 pub mod metering;
 pub mod model;
 pub mod output;
+pub mod output_log;
 pub mod store;
 
 pub use model::{ArtifactSpec, Event, EventType, Run, RunStatus};

@@ -2,11 +2,16 @@
 //! events.
 //!
 //! Bytes are coalesced (up to `chunk_bytes`, or whatever arrived within
-//! `flush_interval`), appended to the run's output log file, made durable
-//! (`fdatasync`), and only then recorded as an event holding the chunk's
-//! offset, length and sha256. Each stream keeps at most `cap_bytes`; past
-//! the cap one event says so (`truncated: true`) and the rest is still
-//! counted and hashed for the evidence, never silently lost.
+//! `flush_interval`), appended to the run's output log (see
+//! [`output_log`](super::output_log)), made durable, and only then recorded
+//! as an event holding the chunk's offset and length and `streamSha256`:
+//! the digest of the stream's stored bytes from the start through this
+//! chunk. Each byte is hashed once: the running stream digest is cloned
+//! and finalized for each event, so the last event's `streamSha256` is the
+//! evidence's stream digest (when nothing was cut by the cap), and every
+//! event commits to everything stored before it. Each stream keeps at most
+//! `cap_bytes`; past the cap one event says so (`truncated: true`) and the
+//! rest is still counted and hashed for the evidence, never silently lost.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +25,7 @@ use crate::ports::ByteStream;
 use crate::runs::evidence::StreamStats;
 use crate::runs::hub::EventHub;
 use crate::runs::model::EventType;
+use crate::runs::output_log::{self, LogWriter};
 use crate::runs::store::Store;
 
 /// Output settings.
@@ -43,11 +49,7 @@ pub fn log_path(data_dir: &Path, run_id: &str, stream: &str) -> PathBuf {
 
 /// Read `len` bytes at `offset` of a run's output log.
 pub fn read_chunk(data_dir: &Path, run_id: &str, stream: &str, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(log_path(data_dir, run_id, stream))?;
-    let mut buf = vec![0u8; len as usize];
-    f.read_exact_at(&mut buf, offset)?;
-    Ok(buf)
+    output_log::read_at(&log_path(data_dir, run_id, stream), offset, len)
 }
 
 struct Sink {
@@ -55,33 +57,12 @@ struct Sink {
     hub: Arc<EventHub>,
     run_id: String,
     kind: EventType,
-    file: Option<std::fs::File>,
+    log: Option<LogWriter>,
     path: PathBuf,
     stats: StreamStats,
     hasher: Sha256,
-    /// Bytes of the log reserved with `fallocate` so far.
-    reserved: u64,
     cap: u64,
     cap_announced: bool,
-}
-
-/// Space reserved ahead in an output log, so appends do not allocate
-/// blocks one write at a time (a large output writes ~2× faster).
-const PREALLOCATE: u64 = 64 << 20;
-
-/// Append `keep` to the log at `offset` and make it durable.
-fn append_durably(file: &mut std::fs::File, keep: &[u8], offset: u64, reserved: &mut u64) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let end = offset + keep.len() as u64;
-    if end > *reserved {
-        let want = end.max(*reserved + PREALLOCATE);
-        // KEEP_SIZE: the file's length stays what was written; readers and
-        // a crash never see the reserved tail.
-        let _ = rustix::fs::fallocate(&*file, rustix::fs::FallocateFlags::KEEP_SIZE, *reserved, want - *reserved);
-        *reserved = want;
-    }
-    file.write_all_at(keep, offset)?;
-    file.sync_data()
 }
 
 impl Sink {
@@ -97,34 +78,33 @@ impl Sink {
         let keep_len = chunk.len().min(room);
         let offset = self.stats.stored_bytes;
         let mut hasher = std::mem::take(&mut self.hasher);
-        let mut file = self.file.take();
+        let mut log = self.log.take();
         let path = self.path.clone();
-        let mut reserved = self.reserved;
-        let (hasher, file, digest, reserved) = tokio::task::spawn_blocking(move || {
-            hasher.update(&chunk);
+        let (hasher, log, digest) = tokio::task::spawn_blocking(move || {
+            let (keep, rest) = chunk.split_at(keep_len);
+            hasher.update(keep);
             let mut digest = None;
             if keep_len > 0 {
-                let keep = &chunk[..keep_len];
-                if file.is_none() {
+                if log.is_none() {
                     if let Some(dir) = path.parent() {
                         std::fs::create_dir_all(dir)?;
                     }
-                    file = Some(std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&path)?);
+                    log = Some(LogWriter::create(&path)?);
                 }
-                append_durably(file.as_mut().expect("opened above"), keep, offset, &mut reserved)?;
-                digest = Some(hex::encode(Sha256::digest(keep)));
+                log.as_mut().expect("opened above").append(keep)?;
+                digest = Some(hex::encode(hasher.clone().finalize()));
             }
-            Ok::<_, std::io::Error>((hasher, file, digest, reserved))
+            hasher.update(rest);
+            Ok::<_, std::io::Error>((hasher, log, digest))
         })
         .await
         .map_err(std::io::Error::other)??;
         self.hasher = hasher;
-        self.file = file;
-        self.reserved = reserved;
+        self.log = log;
         let mut events = Vec::new();
         if let Some(sha) = digest {
             self.stats.stored_bytes += keep_len as u64;
-            events.push((self.kind, json!({ "offset": offset, "bytes": keep_len, "sha256": sha })));
+            events.push((self.kind, json!({ "offset": offset, "bytes": keep_len, "streamSha256": sha })));
         }
         if keep_len < chunk_len && !self.cap_announced {
             self.cap_announced = true;
@@ -170,11 +150,10 @@ pub async fn capture(
         hub,
         run_id,
         kind,
-        file: None,
+        log: None,
         path,
         stats: StreamStats::default(),
         hasher: Sha256::new(),
-        reserved: 0,
         cap: settings.cap_bytes,
         cap_announced: false,
     };
@@ -182,6 +161,9 @@ pub async fn capture(
     let flusher = tokio::spawn(async move {
         while let Some(chunk) = rx.recv().await {
             sink.flush(chunk).await?;
+        }
+        if let Some(log) = sink.log.take() {
+            tokio::task::spawn_blocking(move || log.finish()).await.map_err(std::io::Error::other)??;
         }
         sink.stats.sha256 = hex::encode(sink.hasher.finalize());
         Ok::<_, std::io::Error>(sink.stats)

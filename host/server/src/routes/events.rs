@@ -55,10 +55,14 @@ pub async fn events(
         let limit = number(&q, "limit")?.unwrap_or(100).clamp(1, 1000) as u32;
         let evs = state.store.list_events(id.clone(), after, limit).await.map_err(ApiError::store)?;
         let next = evs.last().map(|e| e.seq).unwrap_or(after);
-        let items: Vec<_> = evs.iter().map(|e| views::event(state.store.dir(), &id, e)).collect();
+        let has_more = next < last;
+        let (dir, run_id) = (state.store.dir().to_path_buf(), id.clone());
+        let items: Vec<_> = tokio::task::spawn_blocking(move || evs.iter().map(|e| views::event(&dir, &run_id, e)).collect())
+            .await
+            .map_err(|e| ApiError::internal(format!("reading events: {e}")))?;
         Ok(json::data(
             StatusCode::OK,
-            json!({"items": items, "nextAfterSeq": next, "hasMore": next < last, "runStatus": run.status.as_str()}),
+            json!({"items": items, "nextAfterSeq": next, "hasMore": has_more, "runStatus": run.status.as_str()}),
         ))
     }
     .await;
@@ -86,8 +90,18 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
                 }
             };
             let mut ended = false;
-            for e in &batch {
-                let body = views::event(state.store.dir(), &run_id, e).to_string();
+            for e in batch.iter() {
+                let body = if e.kind.is_output() {
+                    // Reading the chunk from the log and escaping it is file
+                    // and CPU work: keep it off the runtime threads.
+                    let (dir, id, ev) = (state.store.dir().to_path_buf(), run_id.clone(), e.clone());
+                    match tokio::task::spawn_blocking(move || serialize(&views::event(&dir, &id, &ev))).await {
+                        Ok(b) => b,
+                        Err(_) => return,
+                    }
+                } else {
+                    serialize(&views::event(state.store.dir(), &run_id, e))
+                };
                 let ev = SseEvent::default().id(e.seq.to_string()).event(e.kind.as_str()).data(body);
                 if tx.send(ev).await.is_err() {
                     return;
@@ -119,13 +133,22 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
     })
 }
 
+/// JSON text of a value, written straight into a `String` (`Value`'s
+/// `Display` goes through a formatter per escaped run, several times slower
+/// on output text).
+fn serialize(v: &serde_json::Value) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
 /// A stream fed by an async task through a bounded channel.
 fn async_stream<F, Fut>(f: F) -> impl Stream<Item = Result<SseEvent, Infallible>>
 where
     F: FnOnce(tokio::sync::mpsc::Sender<SseEvent>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    // A few events in flight: output events hold up to a chunk each, and
+    // a slow client must not make the server buffer a run's whole output.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(f(tx));
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) })
 }
