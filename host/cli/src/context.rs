@@ -76,6 +76,7 @@ pub fn sandbox_host(config: &Config) -> Result<Arc<SandboxHost>> {
         cgroup_mount: PathBuf::from("/sys/fs/cgroup"),
         uid_base: s.uid_base,
         uid_count: s.uid_count,
+        warm_standby: s.warm_standby,
     };
     SandboxHost::new(cfg).map_err(|e| anyhow::anyhow!(e))
 }

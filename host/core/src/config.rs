@@ -100,6 +100,9 @@ pub struct SandboxSettings {
     pub uid_count: u32,
     /// Grace period between SIGTERM and SIGKILL on timeout or cancel.
     pub kill_grace_ms: u64,
+    /// Standby sandboxes kept started per sandbox shape (template), so a
+    /// new sandbox's first command skips namespace set-up; 0 turns them off.
+    pub warm_standby: usize,
 }
 
 impl Default for SandboxSettings {
@@ -109,6 +112,7 @@ impl Default for SandboxSettings {
             bwrap: PathBuf::from("/usr/bin/bwrap"),
             uid_base: 2_000_000,
             uid_count: 65_536,
+            warm_standby: 1,
             kill_grace_ms: 5_000,
         }
     }

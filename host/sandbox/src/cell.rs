@@ -6,7 +6,8 @@
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cap_std::ambient_authority;
@@ -24,6 +25,7 @@ use crate::limits::Limits;
 use crate::paths;
 use crate::process::ProcessTree;
 use crate::spec::{Mount, SpawnSpec};
+use crate::warm::{self, Standby, WarmPool};
 
 /// Errors of cell operations, by what the caller can do about them.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,14 @@ pub struct CellRecord {
     pub created_at_ms: u64,
     /// Whether the workspace is a tmpfs we mounted.
     pub tmpfs: bool,
+    /// The name of the cell's directory and cgroups when it differs from
+    /// `id`: a standby adopted under `id` (the id is a symlink to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir_name: Option<String>,
+    /// An unclaimed standby (see [`crate::warm`]): not listed, destroyed
+    /// at start-up.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
 }
 
 impl CellRecord {
@@ -76,8 +86,13 @@ pub struct Spawned {
 pub struct Cell {
     host: Arc<SandboxHost>,
     rec: CellRecord,
+    /// The cell's real directory (not the id symlink of an adopted standby).
     dir: PathBuf,
     cgroup: Option<Cgroup>,
+    /// The waiting first process of a standby, until claimed.
+    standby: Mutex<Option<Standby>>,
+    /// No process has been spawned in this cell by this server yet.
+    fresh: AtomicBool,
 }
 
 fn validate_id(id: &str) -> Result<(), CellError> {
@@ -85,6 +100,10 @@ fn validate_id(id: &str) -> Result<(), CellError> {
         return Err(CellError::Invalid(format!("sandbox id `{id}` must be 1 to 64 characters of [a-zA-Z0-9_-]")));
     }
     Ok(())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> CellError {
@@ -99,9 +118,35 @@ impl Cell {
         limits: Limits,
         labels: Vec<(String, String)>,
     ) -> Result<Cell, CellError> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         validate_id(id)?;
         validate_id(owner)?;
+        if std::fs::symlink_metadata(host.owner_dir(owner).join(id)).is_ok() {
+            return Err(CellError::Invalid(format!("sandbox `{id}` already exists")));
+        }
+        if let Some(standby) = host.warm.take(&host, owner, &limits) {
+            match standby.adopt(id, labels.clone()) {
+                Ok(cell) => return Ok(cell),
+                Err((standby, e)) => {
+                    tracing::warn!(sandbox_id = id, "cannot adopt a standby sandbox, creating one: {e}");
+                    if let Some(s) = standby.take_standby() {
+                        WarmPool::retire(s);
+                    }
+                    let _ = standby.destroy();
+                }
+            }
+        }
+        Cell::create_plain(host, owner, id, limits, labels, false)
+    }
+
+    fn create_plain(
+        host: Arc<SandboxHost>,
+        owner: &str,
+        id: &str,
+        limits: Limits,
+        labels: Vec<(String, String)>,
+        standby: bool,
+    ) -> Result<Cell, CellError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let owner_dir = host.owner_dir(owner);
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -129,10 +174,19 @@ impl Cell {
             gid,
             limits,
             labels,
-            created_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            created_at_ms: now_ms(),
             tmpfs: host.is_root,
+            dir_name: None,
+            standby,
         };
-        let cell = Cell { cgroup: None, host: host.clone(), rec, dir };
+        let cell = Cell {
+            cgroup: None,
+            host: host.clone(),
+            rec,
+            dir,
+            standby: Mutex::new(None),
+            fresh: AtomicBool::new(true),
+        };
         // From here on, a failure must not leave half a cell behind.
         match cell.finish_create() {
             Ok(cgroup) => Ok(Cell { cgroup, ..cell }),
@@ -164,8 +218,7 @@ impl Cell {
             )
             .map_err(|e| unavailable("mount the workspace tmpfs", e))?;
         }
-        let json = serde_json::to_string_pretty(&self.rec).map_err(|e| unavailable("encode cell record", e))?;
-        std::fs::write(self.dir.join("cell.json"), json).map_err(|e| unavailable("write cell record", e))?;
+        self.write_record()?;
         if self.host.layout.unavailable.is_some() {
             return Ok(None);
         }
@@ -177,15 +230,100 @@ impl Cell {
     pub(crate) fn open(host: Arc<SandboxHost>, owner: &str, id: &str) -> Result<Cell, CellError> {
         validate_id(id)?;
         validate_id(owner)?;
-        let dir = host.owner_dir(owner).join(id);
-        let rec = CellRecord::read(&dir).map_err(|_| CellError::NotFound(format!("no sandbox `{id}`")))?;
-        let cgroup = (host.layout.unavailable.is_none()).then(|| Cgroup::open(&host.layout, &format!("{owner}.{id}")));
+        let not_found = || CellError::NotFound(format!("no sandbox `{id}`"));
+        let rec = CellRecord::read(&host.owner_dir(owner).join(id)).map_err(|_| not_found())?;
+        if rec.id != id {
+            // The real directory of an adopted standby is not a name.
+            return Err(not_found());
+        }
+        let name = rec.dir_name.clone().unwrap_or_else(|| rec.id.clone());
+        validate_id(&name)?;
+        let dir = host.owner_dir(owner).join(&name);
+        let cgroup =
+            (host.layout.unavailable.is_none()).then(|| Cgroup::open(&host.layout, &format!("{owner}.{name}")));
         host.uids.lock().unwrap().insert(rec.uid);
-        Ok(Cell { host, rec, dir, cgroup })
+        Ok(Cell { host, rec, dir, cgroup, standby: Mutex::new(None), fresh: AtomicBool::new(false) })
     }
 
     fn cgroup_name(&self) -> String {
-        format!("{}.{}", self.rec.owner, self.rec.id)
+        format!("{}.{}", self.rec.owner, self.rec.dir_name.as_deref().unwrap_or(&self.rec.id))
+    }
+
+    fn write_record(&self) -> Result<(), CellError> {
+        let json = serde_json::to_string_pretty(&self.rec).map_err(|e| unavailable("encode cell record", e))?;
+        let tmp = self.dir.join("cell.json.tmp");
+        std::fs::write(&tmp, json).map_err(|e| unavailable("write cell record", e))?;
+        std::fs::rename(&tmp, self.dir.join("cell.json")).map_err(|e| unavailable("write cell record", e))
+    }
+
+    /// Create a standby cell named `name` and start its waiting process
+    /// with the mounts, network and limits of `shape`.
+    pub(crate) fn create_standby(
+        host: Arc<SandboxHost>,
+        owner: &str,
+        name: &str,
+        limits: Limits,
+        shape: &SpawnSpec,
+    ) -> Result<Cell, CellError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let cell = Cell::create_plain(host, owner, name, limits, Vec::new(), true)?;
+        let start = cell.dir.join("start");
+        let started = std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&start)
+            .map_err(|e| unavailable("create the standby's start dir", e))
+            .and_then(|()| cell.spawn_cold(&warm::standby_spec(shape, &start)));
+        match started {
+            Ok(spawned) => {
+                *cell.standby.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(Standby { spawned, key: warm::shape_key(shape) });
+                Ok(cell)
+            }
+            Err(e) => {
+                let _ = cell.destroy();
+                Err(e)
+            }
+        }
+    }
+
+    /// Make this standby the cell `id`: a symlink from `id` to its
+    /// directory, then its record under the new id. On failure the standby
+    /// comes back with the error.
+    fn adopt(mut self, id: &str, labels: Vec<(String, String)>) -> Result<Cell, (Cell, CellError)> {
+        let name = self.rec.id.clone();
+        let link = self.host.owner_dir(&self.rec.owner).join(id);
+        match std::os::unix::fs::symlink(&name, &link) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err((self, CellError::Invalid(format!("sandbox `{id}` already exists"))));
+            }
+            Err(e) => return Err((self, unavailable("link the sandbox id", e))),
+        }
+        let before = self.rec.clone();
+        self.rec.id = id.to_string();
+        self.rec.labels = labels;
+        self.rec.created_at_ms = now_ms();
+        self.rec.dir_name = Some(name);
+        self.rec.standby = false;
+        if let Err(e) = self.write_record() {
+            let _ = std::fs::remove_file(&link);
+            self.rec = before;
+            return Err((self, e));
+        }
+        Ok(self)
+    }
+
+    fn take_standby(&self) -> Option<Standby> {
+        self.standby.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Whether this cell's standby process is still waiting.
+    pub(crate) fn standby_alive(&self) -> bool {
+        self.standby
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|s| s.spawned.tree.try_wait().is_none())
     }
 
     pub fn id(&self) -> &str {
@@ -276,8 +414,56 @@ impl Cell {
         Ok(n)
     }
 
-    /// Start a process tree under `spec`.
+    /// Start a process tree under `spec`: in this cell's standby when it
+    /// has one of the same shape, else cold.
     pub fn spawn(&self, spec: &SpawnSpec) -> Result<Spawned, CellError> {
+        if spec.argv.is_empty() {
+            return Err(CellError::Spec(bwrap::SpecError("empty command".into())));
+        }
+        if let Some(standby) = self.take_standby() {
+            match self.claim(standby, spec) {
+                Ok(spawned) => {
+                    self.fresh.store(false, Ordering::Relaxed);
+                    return Ok(spawned);
+                }
+                Err(standby) => WarmPool::retire(standby),
+            }
+        }
+        let spawned = self.spawn_cold(spec)?;
+        if self.fresh.swap(false, Ordering::Relaxed) {
+            self.host.warm.learn(&self.host, &self.rec.owner, &self.rec.limits, spec);
+        }
+        Ok(spawned)
+    }
+
+    /// Hand `spec` to the standby's waiting shell; the standby comes back
+    /// when it cannot run `spec` exactly as a cold spawn would.
+    fn claim(&self, standby: Standby, spec: &SpawnSpec) -> Result<Spawned, Standby> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let Some(script) = warm::claim_script(spec) else { return Err(standby) };
+        if standby.key != warm::shape_key(spec) || standby.spawned.tree.try_wait().is_some() {
+            return Err(standby);
+        }
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(self.dir.join("start").join("exec.sh"))
+            .and_then(|mut f| f.write_all(script.as_bytes()));
+        if written.is_err() {
+            return Err(standby);
+        }
+        let stdin = std::os::fd::AsFd::as_fd(&standby.spawned.stdin);
+        match rustix::io::write(stdin, b"\n") {
+            Ok(1) => Ok(standby.spawned),
+            _ => Err(standby),
+        }
+    }
+
+    /// Start a new bubblewrap for `spec`.
+    fn spawn_cold(&self, spec: &SpawnSpec) -> Result<Spawned, CellError> {
         let files = self.dir.join("files");
         for (i, m) in spec.mounts.iter().enumerate() {
             if let Mount::File { contents, .. } = m {
@@ -337,7 +523,13 @@ impl Cell {
     /// Kill everything, unmount and delete the workspace, remove the cgroup
     /// and the record. Idempotent.
     pub fn destroy(&self) -> Result<(), CellError> {
+        if let Some(s) = self.take_standby() {
+            s.spawned.tree.kill_tree();
+        }
         self.kill_all();
+        if self.rec.dir_name.is_some() {
+            let _ = std::fs::remove_file(self.host.owner_dir(&self.rec.owner).join(&self.rec.id));
+        }
         let ws = self.workspace();
         if self.rec.tmpfs && ws.exists() {
             let _ = rustix::mount::unmount(&ws, rustix::mount::UnmountFlags::DETACH);
@@ -355,6 +547,9 @@ impl Cell {
         }
         if self.host.is_root {
             self.host.release_uid(self.rec.uid);
+        }
+        if !self.rec.standby {
+            self.host.warm.replenish(&self.host, &self.rec.owner, &self.rec.limits);
         }
         Ok(())
     }

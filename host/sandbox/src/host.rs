@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use crate::cell::{Cell, CellError, CellRecord};
 use crate::cgroup::{self, Layout};
 use crate::limits::Limits;
+use crate::warm::WarmPool;
 
 /// Where things are.
 #[derive(Debug, Clone)]
@@ -26,6 +27,9 @@ pub struct SandboxConfig {
     /// First host uid for sandboxes (each cell gets its own).
     pub uid_base: u32,
     pub uid_count: u32,
+    /// Standby sandboxes kept per learned shape (see [`crate::warm`]); 0
+    /// turns them off.
+    pub warm_standby: usize,
 }
 
 impl SandboxConfig {
@@ -37,6 +41,7 @@ impl SandboxConfig {
             cgroup_mount: PathBuf::from("/sys/fs/cgroup"),
             uid_base: 2_000_000,
             uid_count: 65_536,
+            warm_standby: 1,
         }
     }
 }
@@ -64,6 +69,7 @@ pub struct SandboxHost {
     pub(crate) is_root: bool,
     report: HostReport,
     pub(crate) uids: Mutex<HashSet<u32>>,
+    pub(crate) warm: WarmPool,
 }
 
 fn bwrap_version(bwrap: &Path) -> Option<String> {
@@ -91,10 +97,13 @@ impl SandboxHost {
         };
         let bwrap = bwrap_version(&cfg.bwrap);
         let report = Self::build_report(&layout, is_root, bwrap.as_deref());
-        let host = SandboxHost { cfg, layout, is_root, report, uids: Mutex::new(HashSet::new()) };
+        let warm = WarmPool::new(cfg.warm_standby);
+        let host = SandboxHost { cfg, layout, is_root, report, uids: Mutex::new(HashSet::new()), warm };
         let used: HashSet<u32> = host.all_records().into_iter().map(|r| r.uid).collect();
         *host.uids.lock().unwrap() = used;
-        Ok(Arc::new(host))
+        let host = Arc::new(host);
+        host.clear_standbys();
+        Ok(host)
     }
 
     fn build_report(layout: &Layout, is_root: bool, bwrap: Option<&str>) -> HostReport {
@@ -172,6 +181,31 @@ impl SandboxHost {
         out
     }
 
+    /// Standbys of a previous run of the server died with it: destroy their
+    /// cells, and drop id links left dangling by a crash mid-adoption.
+    fn clear_standbys(self: &Arc<Self>) {
+        let Ok(owners) = std::fs::read_dir(&self.cfg.root) else { return };
+        for owner in owners.flatten() {
+            let Some(owner_name) = owner.file_name().to_str().map(str::to_string) else { continue };
+            let Ok(cells) = std::fs::read_dir(owner.path()) else { continue };
+            for entry in cells.flatten() {
+                let path = entry.path();
+                let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
+                match CellRecord::read(&path) {
+                    Ok(rec) if rec.standby && !is_link => {
+                        if let Ok(cell) = Cell::open(self.clone(), &owner_name, &rec.id) {
+                            let _ = cell.destroy();
+                        }
+                    }
+                    Err(_) if is_link => {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
     /// Create a cell for `owner` (the plugin's namespace).
     pub fn create_cell(
         self: &Arc<Self>,
@@ -183,6 +217,18 @@ impl SandboxHost {
         Cell::create(self.clone(), owner, id, limits, labels)
     }
 
+    /// Destroy the standby sandboxes and make no more (at shutdown; they
+    /// would die with the server anyway, this also frees their workspaces
+    /// and cgroups now).
+    pub fn close_standbys(&self) {
+        self.warm.close(std::time::Duration::from_secs(5));
+    }
+
+    /// Standby sandboxes ready to be adopted right now.
+    pub fn standbys_ready(&self) -> usize {
+        self.warm.ready()
+    }
+
     /// Re-open an existing cell.
     pub fn open_cell(self: &Arc<Self>, owner: &str, id: &str) -> Result<Cell, CellError> {
         Cell::open(self.clone(), owner, id)
@@ -191,7 +237,15 @@ impl SandboxHost {
     /// Ids of `owner`'s cells.
     pub fn list_cells(&self, owner: &str) -> Vec<String> {
         let mut ids: Vec<String> = std::fs::read_dir(self.owner_dir(owner))
-            .map(|rd| rd.flatten().filter_map(|e| CellRecord::read(&e.path()).ok()).map(|r| r.id).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| CellRecord::read(&e.path()).ok().map(|r| (e.file_name(), r)))
+                    // Standbys are not sandboxes yet; an adopted standby's
+                    // own directory is reached through its id.
+                    .filter(|(name, r)| !r.standby && name.to_str() == Some(r.id.as_str()))
+                    .map(|(_, r)| r.id)
+                    .collect()
+            })
             .unwrap_or_default();
         ids.sort();
         ids

@@ -19,6 +19,7 @@ pub mod paths;
 pub mod process;
 pub mod seccomp;
 pub mod spec;
+pub mod warm;
 
 pub use cell::{Cell, CellError, CellRecord, Spawned};
 pub use extract::{Budgets, ExtractError, Report as ExtractReport};

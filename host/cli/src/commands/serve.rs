@@ -172,5 +172,9 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
             eprintln!("crownest: shutting down");
         })
         .await?;
+    if let Some(sbx) = host.sandbox() {
+        let sbx = sbx.clone();
+        let _ = tokio::task::spawn_blocking(move || sbx.close_standbys()).await;
+    }
     Ok(ExitCode::SUCCESS)
 }

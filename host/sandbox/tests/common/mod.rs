@@ -17,6 +17,7 @@ impl Drop for Env {
     /// Destroy whatever a test left behind (a panicking test never reaches
     /// its own `destroy`), so no tmpfs mount or cgroup outlives it.
     fn drop(&mut self) {
+        self.host.close_standbys();
         for id in self.host.list_cells("test") {
             if let Ok(cell) = self.host.open_cell("test", &id) {
                 let _ = cell.destroy();
