@@ -354,6 +354,29 @@ async fn a_third_concurrent_sandbox_is_refused_on_the_default_plan() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_start_refused_by_the_meter_keeps_the_upload_and_stays_startable() {
+    let s = server(&[("CROWNEST_PLUGINS__METER__CONFIG__MAX_CONCURRENT_SANDBOXES", "1")]);
+    let api = Api::new(&s);
+    let archive = targz(&[("README", b"x\n", 0o644)]);
+    let first = api.create(json!({"command": "sleep 30", "autoStart": true})).await;
+    let first = first["id"].as_str().unwrap().to_string();
+    assert_eq!(api.upload(&first, &archive).await.0, 200);
+    wait_running(&api, &first).await;
+    let second = api.create(json!({"command": "true", "autoStart": true})).await;
+    let second = second["id"].as_str().unwrap().to_string();
+    let (st, v) = api.upload(&second, &archive).await;
+    assert_eq!(st, 200, "the archive is kept: {v}");
+    assert_eq!(v["data"]["status"], "awaiting_archive", "{v}");
+    assert_eq!(v["data"]["autoStartError"]["code"], "quota_exceeded", "{v}");
+    assert_eq!(v["data"]["archive"]["sizeBytes"], archive.len());
+    // Once there is room, an explicit start runs it.
+    api.post(&format!("/v1/workspace-runs/{first}/cancel"), json!({})).await;
+    api.wait(&first).await;
+    assert_eq!(api.start(&second).await.0, 202);
+    assert_eq!(api.wait(&second).await["status"], "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_action_is_audited_and_no_full_key_appears_anywhere() {
     let s = server(&[("CROWNEST_LOG", "debug")]);
     let api = Api::new(&s);

@@ -678,3 +678,32 @@ async fn abandoned_staged_transfers_are_swept() {
     // The run itself is untouched and can still get its archive.
     assert_eq!(api.upload(id, &targz(&[("a", b"a", 0o644)])).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_start_runs_the_command_once_the_upload_is_verified() {
+    let s = server(&[]);
+    let api = Api::new(&s);
+    let run = api.create(json!({"command": "cat main.py", "autoStart": true})).await;
+    assert_eq!(run["autoStart"], true);
+    let id = run["id"].as_str().unwrap();
+    // A bad upload starts nothing and loses nothing.
+    let archive = py_archive();
+    let bad = format!("/v1/workspace-runs/{id}/archive?sizeBytes={}&sha256={}", archive.len(), "0".repeat(64));
+    let (st, v) = api.send(api.http.put(format!("{}{bad}", api.url)).body(archive.clone())).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (422, Some("archive_checksum_mismatch")), "{v}");
+    assert_eq!(api.get(&format!("/v1/workspace-runs/{id}")).await.1["data"]["status"], "awaiting_archive");
+    // The verified upload answers with the run already queued.
+    let (st, v) = api.upload(id, &archive).await;
+    assert_eq!(st, 200, "{v}");
+    assert_ne!(v["data"]["status"], "awaiting_archive", "{v}");
+    assert!(v["data"].get("autoStartError").is_none(), "{v}");
+    let done = api.wait(id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // One run, started once; an explicit start afterwards changes nothing.
+    let events = api.all_events(id).await;
+    let queued = events.iter().filter(|e| e["type"] == "status" && e["data"]["status"] == "queued").count();
+    assert_eq!(queued, 1, "{events:?}");
+    let (st, v) = api.start(id).await;
+    assert_eq!((st, v["data"]["status"].as_str()), (200, Some("succeeded")), "{v}");
+    assert_eq!(api.all_events(id).await.len(), events.len());
+}

@@ -78,7 +78,17 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Commands that host plugins and the store need worker threads; the API
+    // client commands do one request at a time, and a single-threaded
+    // runtime starts faster (no worker threads to spawn and wake).
+    let hosts_plugins =
+        matches!(cli.command, Command::Serve(_) | Command::Plugins(_) | Command::Doctor(_) | Command::Templates(_));
+    let mut builder = if hosts_plugins {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -123,7 +123,7 @@ impl Cell {
         if std::fs::symlink_metadata(host.owner_dir(owner).join(id)).is_ok() {
             return Err(CellError::Invalid(format!("sandbox `{id}` already exists")));
         }
-        if let Some(standby) = host.warm.take(&host, owner, &limits) {
+        if let Some(standby) = host.warm.take(owner, &limits) {
             match standby.adopt(id, labels.clone()) {
                 Ok(cell) => return Ok(cell),
                 Err((standby, e)) => {

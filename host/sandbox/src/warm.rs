@@ -152,7 +152,7 @@ impl WarmPool {
     }
 
     /// A ready standby for `owner` and `limits`, if there is one.
-    pub(crate) fn take(&self, host: &Arc<SandboxHost>, owner: &str, limits: &Limits) -> Option<Cell> {
+    pub(crate) fn take(&self, owner: &str, limits: &Limits) -> Option<Cell> {
         let k = key(owner, limits);
         let (cell, dead) = {
             let mut shapes = self.lock();

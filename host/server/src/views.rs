@@ -24,6 +24,7 @@ pub fn run(r: &Run) -> Value {
         "templateDigest": r.template_digest,
         "sandboxId": r.sandbox_id.clone().or_else(|| r.spec.sandbox_id.clone()),
         "keepSandbox": r.spec.keep_sandbox,
+        "autoStart": r.spec.auto_start,
         "timeoutMs": r.spec.timeout_ms,
         "metadata": r.spec.metadata,
         "artifacts": r.spec.artifacts,

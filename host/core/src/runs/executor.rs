@@ -247,16 +247,22 @@ impl Executor {
             .transition(
                 run_id.to_string(),
                 Transition::Running { sandbox_id: info.id.clone(), template_digest: info.template_digest.clone() },
+                (
+                    EventType::Status,
+                    json!({"status": "running", "sandboxId": info.id, "template": info.template, "templateDigest": info.template_digest}),
+                ),
             )
             .await
         {
-            Ok(r) => r,
+            Ok((r, e)) => {
+                self.hub.notify(run_id, e.seq);
+                r
+            }
             Err(e) => {
                 tracing::error!(run_id, "cannot mark running: {e}");
                 return self.cleanup(&run, sandbox, reused).await;
             }
         };
-        self.event(run_id, EventType::Status, json!({"status": "running", "sandboxId": info.id, "template": info.template, "templateDigest": info.template_digest})).await;
 
         let ending = self.run_in(&run, sandbox.as_ref(), reused, &cancel, lease.as_deref(), &mut g).await;
         self.collect_artifacts(&run, sandbox.as_ref(), &mut g).await;

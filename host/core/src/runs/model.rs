@@ -102,6 +102,10 @@ pub struct RunSpec {
     pub timeout_ms: Option<u64>,
     pub metadata: BTreeMap<String, String>,
     pub artifacts: Vec<ArtifactSpec>,
+    /// Start as soon as the archive is uploaded and verified (saves the
+    /// separate `start` request).
+    #[serde(default)]
+    pub auto_start: bool,
 }
 
 /// A Workspace Run.

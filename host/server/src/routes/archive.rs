@@ -229,7 +229,7 @@ pub async fn direct(
         let info = ArchiveInfo { size_bytes: size, sha256: sha.clone(), upload: "direct".into(), locator, uploaded_at_ms: now_ms() };
         let run = attach(&state, &run, info).await?;
         tracing::info!(run_id = %run.id, size, "archive uploaded");
-        Ok((StatusCode::OK, views::run(&run)))
+        Ok((StatusCode::OK, super::runs::auto_start(&state, &caller, run).await))
     })
     .await
 }
@@ -609,7 +609,7 @@ pub async fn complete_transfer(
             let _ = tokio::fs::remove_dir_all(&dir).await;
         }
         tracing::info!(run_id = %run.id, size = t.size, mode = %t.mode, "staged archive completed");
-        Ok((StatusCode::OK, views::run(&run)))
+        Ok((StatusCode::OK, super::runs::auto_start(&state, &caller, run).await))
     })
     .await
 }

@@ -40,6 +40,8 @@ struct CreateBody {
     metadata: BTreeMap<String, String>,
     #[serde(default)]
     artifacts: Vec<ArtifactArg>,
+    #[serde(default)]
+    auto_start: bool,
 }
 
 const DEFAULT_TEMPLATE: &str = "python-node";
@@ -175,6 +177,7 @@ pub async fn create(
             timeout_ms: parsed.timeout_ms,
             metadata: parsed.metadata.clone(),
             artifacts: artifacts.clone()?,
+            auto_start: parsed.auto_start,
         };
         let run =
             state.store.create_run(new_id("wsr"), org.clone(), project.clone(), spec).await.map_err(ApiError::store)?;
@@ -280,30 +283,61 @@ pub async fn start(
         if run.cancel_requested || run.status.is_terminal() {
             return Ok((StatusCode::OK, views::run(&run)));
         }
-        let (run, queued_now) = state.store.queue_run(id.clone()).await.map_err(|e| match e {
-            crownest_core::runs::store::StoreError::Conflict(_) => ApiError::conflict(
-                "archive_missing",
-                format!("workspace run {id} has no archive yet: upload one (directly or through a staged transfer) before starting it"),
-            ),
-            other => ApiError::store(other),
-        })?;
-        if queued_now {
-            if let Ok(evs) = state
-                .store
-                .append_events(id.clone(), vec![(crownest_core::runs::EventType::Status, json!({"status": "queued"}))])
-                .await
-            {
-                if let Some(e) = evs.last() {
-                    state.executor.hub().notify(&id, e.seq);
-                }
-            }
-            state.executor.spawn(id.clone());
-            caller.audit(&state, "workspace_runs:start", Some(&id), Some(&run.project_id), "success", None).await;
-            return Ok((StatusCode::ACCEPTED, views::run(&run)));
-        }
-        Ok((StatusCode::OK, views::run(&run)))
+        let (run, queued_now) = queue(&state, &caller, &id).await?;
+        Ok((if queued_now { StatusCode::ACCEPTED } else { StatusCode::OK }, views::run(&run)))
     })
     .await
+}
+
+/// Queue a run whose archive is in place and hand it to the executor;
+/// `false` when it was already queued or further along.
+async fn queue(state: &AppState, caller: &Caller, id: &str) -> ApiResult<(crownest_core::runs::Run, bool)> {
+    let (run, queued) = state.store.queue_run(id.to_string()).await.map_err(|e| match e {
+        crownest_core::runs::store::StoreError::Conflict(_) => ApiError::conflict(
+            "archive_missing",
+            format!("workspace run {id} has no archive yet: upload one (directly or through a staged transfer) before starting it"),
+        ),
+        other => ApiError::store(other),
+    })?;
+    let queued_now = queued.is_some();
+    if let Some(e) = queued {
+        state.executor.hub().notify(id, e.seq);
+        state.executor.spawn(id.to_string());
+        caller.audit(state, "workspace_runs:start", Some(id), Some(&run.project_id), "success", None).await;
+    }
+    Ok((run, queued_now))
+}
+
+/// After an upload attached the archive of a run created with `autoStart`:
+/// start it as `POST …/start` would. A refusal (quota, meter) does not fail
+/// the upload: the run stays startable and the view says why under
+/// `autoStartError`.
+pub(crate) async fn auto_start(state: &AppState, caller: &Caller, run: crownest_core::runs::Run) -> serde_json::Value {
+    if !run.spec.auto_start || run.cancel_requested || run.status != RunStatus::AwaitingArchive {
+        return views::run(&run);
+    }
+    let refused = |run: &crownest_core::runs::Run, e: ApiError| {
+        let mut v = views::run(run);
+        v["autoStartError"] = json!({"code": e.code, "message": e.message});
+        v
+    };
+    if let Err(e) = admission_precheck(state, &run).await {
+        caller
+            .audit(
+                state,
+                "workspace_runs:start",
+                Some(&run.id),
+                Some(&run.project_id),
+                "denied",
+                Some(e.message.clone()),
+            )
+            .await;
+        return refused(&run, e);
+    }
+    match queue(state, caller, &run.id).await {
+        Ok((r, _)) => views::run(&r),
+        Err(e) => refused(&run, e),
+    }
 }
 
 pub async fn cancel(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {

@@ -304,7 +304,14 @@ fn fail_any(e: anyhow::Error) -> ExitCode {
 }
 
 async fn create(client: &Client, command: &str, flags: &RunFlags) -> Result<Value> {
-    let b = body(command, flags)?;
+    create_with(client, command, flags, false).await
+}
+
+async fn create_with(client: &Client, command: &str, flags: &RunFlags, auto_start: bool) -> Result<Value> {
+    let mut b = body(command, flags)?;
+    if auto_start {
+        b["autoStart"] = Value::Bool(true);
+    }
     let key = idempotency_key();
     Ok(client.call(Method::POST, "/v1/workspace-runs", Some(&b), Some(&key)).await?)
 }
@@ -390,7 +397,9 @@ async fn run_archive(
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    let run = match create(client, &line, flags).await {
+    // The server starts the run as soon as the upload is verified: one
+    // request fewer than create, upload, start.
+    let run = match create_with(client, &line, flags, true).await {
         Ok(r) => r,
         Err(e) => return fail_any(e),
     };
@@ -398,12 +407,17 @@ async fn run_archive(
     if !json {
         eprintln!("crownest: workspace run {id}");
     }
-    if let Err(e) = upload::upload(client, &id, archive, None).await {
-        return fail_any(e);
-    }
-    let key = idempotency_key();
-    if let Err(e) = client.call(Method::POST, &format!("/v1/workspace-runs/{id}/start"), None, Some(&key)).await {
-        return fail(&e);
+    let uploaded = match upload::upload(client, &id, archive, None).await {
+        Ok(r) => r,
+        Err(e) => return fail_any(e),
+    };
+    if uploaded["status"] == "awaiting_archive" {
+        // Not started on upload (a quota, say): ask explicitly, which
+        // reports why with the API's code and status.
+        let key = idempotency_key();
+        if let Err(e) = client.call(Method::POST, &format!("/v1/workspace-runs/{id}/start"), None, Some(&key)).await {
+            return fail(&e);
+        }
     }
     match events::stream(client, &id, 0, json).await {
         Ok(terminal) => events::exit_code(&terminal),

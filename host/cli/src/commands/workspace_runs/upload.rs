@@ -83,14 +83,25 @@ fn sha256_file(path: &Path) -> Result<(u64, String)> {
 pub async fn upload(client: &Client, run_id: &str, archive: &Path, expected: Option<&str>) -> Result<Value> {
     check_archive_path(archive)?;
     let path = archive.to_path_buf();
-    let (size, sha) = tokio::task::spawn_blocking(move || sha256_file(&path)).await??;
+    // A small archive is read once and hashed in memory; a large one is
+    // hashed here and streamed in parts below.
+    let (size, sha, small) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let len = std::fs::metadata(&path).with_context(|| format!("cannot open {}", path.display()))?.len();
+        if len <= DIRECT_MAX {
+            let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let sha = hex::encode(Sha256::digest(&bytes));
+            return Ok((bytes.len() as u64, sha, Some(bytes)));
+        }
+        let (size, sha) = sha256_file(&path)?;
+        Ok((size, sha, None))
+    })
+    .await??;
     if let Some(e) = expected {
         if !e.eq_ignore_ascii_case(&sha) {
             bail!("{} has sha256 {sha}, not the expected {e}", archive.display());
         }
     }
-    if size <= DIRECT_MAX {
-        let bytes = tokio::fs::read(archive).await?;
+    if let Some(bytes) = small {
         let mut p = Progress::new("uploading", size);
         let key = idempotency_key();
         let path = format!("/v1/workspace-runs/{run_id}/archive?sizeBytes={size}&sha256={sha}");

@@ -208,9 +208,12 @@ impl Store {
         info
     }
 
-    /// Append an audit event (never updated or deleted afterwards).
+    /// Append an audit event (never updated or deleted afterwards). Its
+    /// commit does not wait for the disk: the next full commit (a state
+    /// change, an event) carries it there, WAL being sequential; only a
+    /// power failure before that could lose it, never a process crash.
     pub async fn audit(&self, mut e: AuditEvent) -> Result<AuditEvent> {
-        self.with(move |conn| {
+        self.with_relaxed(move |conn| {
             if e.id.is_empty() {
                 e.id = new_id("aud");
             }

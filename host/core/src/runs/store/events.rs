@@ -10,7 +10,12 @@ use crate::runs::evidence::{self, EvidenceInput, StreamStats};
 use crate::runs::ids::now_ms;
 use crate::runs::model::{Event, EventType, RunStatus};
 
-fn insert(tx: &rusqlite::Transaction<'_>, run_id: &str, kind: EventType, data: &serde_json::Value) -> Result<Event> {
+pub(super) fn insert(
+    tx: &rusqlite::Transaction<'_>,
+    run_id: &str,
+    kind: EventType,
+    data: &serde_json::Value,
+) -> Result<Event> {
     let seq: i64 = tx.query_row("SELECT next_seq FROM runs WHERE id = ?1", params![run_id], |r| r.get(0))?;
     tx.execute("UPDATE runs SET next_seq = next_seq + 1 WHERE id = ?1", params![run_id])?;
     let at = now_ms();

@@ -35,7 +35,10 @@ impl Store {
         key: String,
         hash: String,
     ) -> Result<IdempotencyBegin> {
-        self.with(move |conn| {
+        // The in-flight marker needs no fsync of its own: the request's
+        // effect is a full commit that persists it too, and if the request
+        // had no effect yet, losing the marker only lets a retry run again.
+        self.with_relaxed(move |conn| {
             let tx = conn.transaction()?;
             let row: Option<(String, String, Option<i64>, Option<Vec<u8>>)> = tx
                 .query_row(

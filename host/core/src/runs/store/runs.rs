@@ -4,7 +4,7 @@ use rusqlite::{OptionalExtension, Row, params};
 
 use super::{Result, Store, StoreError};
 use crate::runs::ids::now_ms;
-use crate::runs::model::{ArchiveInfo, Run, RunSpec, RunStatus};
+use crate::runs::model::{ArchiveInfo, Event, EventType, Run, RunSpec, RunStatus};
 
 /// A kept artifact.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +65,7 @@ pub(crate) fn run_from_row(row: &Row<'_>) -> rusqlite::Result<(Run, String, Opti
                 timeout_ms: None,
                 metadata: Default::default(),
                 artifacts: vec![],
+                auto_start: false,
             }),
             archive: None,
             template_digest: row.get(6)?,
@@ -193,28 +194,43 @@ impl Store {
         .await
     }
 
-    /// `awaiting_archive` (with an archive) → `queued`. Returns the run and
-    /// whether this call queued it (false: it was already past that point).
-    pub async fn queue_run(&self, id: String) -> Result<(Run, bool)> {
+    /// `awaiting_archive` (with an archive) → `queued`, with its `status`
+    /// event in the same transaction. Returns the run and the event when
+    /// this call queued it (`None`: it was already past that point).
+    pub async fn queue_run(&self, id: String) -> Result<(Run, Option<Event>)> {
         self.with(move |conn| {
-            let n = conn.execute(
+            let tx = conn.transaction()?;
+            let n = tx.execute(
                 "UPDATE runs SET status = 'queued', queued_at = ?2 WHERE id = ?1 AND status = 'awaiting_archive' AND archive IS NOT NULL",
                 params![id, now_ms() as i64],
             )?;
-            let run = load_run(conn, &id)?;
+            let event = if n == 1 {
+                Some(super::events::insert(&tx, &id, EventType::Status, &serde_json::json!({"status": "queued"}))?)
+            } else {
+                None
+            };
+            let run = load_run(&tx, &id)?;
             if n == 0 && run.status == RunStatus::AwaitingArchive {
                 return Err(StoreError::Conflict("archive_missing".into()));
             }
-            Ok((run, n == 1))
+            tx.commit()?;
+            Ok((run, event))
         })
         .await
     }
 
-    /// Apply an executor transition with compare-and-set.
-    pub async fn transition(&self, id: String, t: Transition) -> Result<Run> {
+    /// Apply an executor transition with compare-and-set, and append its
+    /// event in the same transaction.
+    pub async fn transition(
+        &self,
+        id: String,
+        t: Transition,
+        event: (EventType, serde_json::Value),
+    ) -> Result<(Run, Event)> {
         self.with(move |conn| {
+            let tx = conn.transaction()?;
             let n = match &t {
-                Transition::Running { sandbox_id, template_digest } => conn.execute(
+                Transition::Running { sandbox_id, template_digest } => tx.execute(
                     "UPDATE runs SET status = 'running', started_at = ?2, sandbox_id = ?3, template_digest = ?4 WHERE id = ?1 AND status = 'queued'",
                     params![id, now_ms() as i64, sandbox_id, template_digest],
                 )?,
@@ -222,7 +238,10 @@ impl Store {
             if n == 0 {
                 return Err(StoreError::Conflict(format!("run {id} is not in the state this transition needs")));
             }
-            load_run(conn, &id)
+            let event = super::events::insert(&tx, &id, event.0, &event.1)?;
+            let run = load_run(&tx, &id)?;
+            tx.commit()?;
+            Ok((run, event))
         })
         .await
     }
