@@ -707,3 +707,69 @@ async fn auto_start_runs_the_command_once_the_upload_is_verified() {
     assert_eq!((st, v["data"]["status"].as_str()), (200, Some("succeeded")), "{v}");
     assert_eq!(api.all_events(id).await.len(), events.len());
 }
+
+/// Standby sandboxes ready under the server's sandbox root.
+fn standbys(s: &crownest_test_support::server::Server) -> usize {
+    let dir = s.sandbox_root.join("runtime_provider");
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("cell.json")).is_ok_and(|t| t.contains("\"standby\": true"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+async fn wait_for_standby(s: &crownest_test_support::server::Server) {
+    for _ in 0..400 {
+        if standbys(s) > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no standby sandbox was prepared");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_in_a_standby_sandbox_behaves_like_one_in_a_new_sandbox() {
+    let s = server(&[]);
+    let api = Api::new(&s);
+    let probe = "env | grep -v '^CROWNEST_RUN_ID=' | sort; pwd; id; hostname; ls -a /workspace; ulimit -n";
+    let cold = api.run(json!({"command": probe}), &py_archive()).await;
+    assert_eq!(cold["status"], "succeeded", "{cold}");
+    // The first run taught the server this template's shape.
+    wait_for_standby(&s).await;
+    let warm = api.run(json!({"command": probe, "keepSandbox": true}), &py_archive()).await;
+    assert_eq!(warm["status"], "succeeded", "{warm}");
+    let sbx = warm["sandboxId"].as_str().unwrap();
+    let link = s.sandbox_root.join("runtime_provider").join(sbx);
+    assert!(
+        std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(),
+        "the kept sandbox is an adopted standby"
+    );
+    let cold_out = output(&api, cold["id"].as_str().unwrap(), "stdout").await;
+    let warm_out = output(&api, warm["id"].as_str().unwrap(), "stdout").await;
+    assert_eq!(cold_out, warm_out, "same environment, directory, identity, files and limits");
+    // Each run sees its own run id.
+    let id_of = |r: &serde_json::Value| r["id"].as_str().unwrap().to_string();
+    let again = api.run(json!({"command": "echo $CROWNEST_RUN_ID", "sandboxId": sbx}), &py_archive()).await;
+    assert_eq!(output(&api, &id_of(&again), "stdout").await, format!("{}\n", id_of(&again)));
+    assert!(std::fs::symlink_metadata(&link).is_err(), "destroyed with its id link");
+
+    // A timeout in a standby sandbox ends the whole tree like anywhere else.
+    wait_for_standby(&s).await;
+    let t = api.run(json!({"command": "sleep 60 & sleep 60", "timeoutMs": 1000}), &py_archive()).await;
+    assert_eq!((t["status"].as_str(), t["failureReason"].as_str()), (Some("failed"), Some("timeout")), "{t}");
+}
+
+async fn output(api: &Api, id: &str, stream: &str) -> String {
+    api.all_events(id)
+        .await
+        .iter()
+        .filter(|e| e["type"] == stream)
+        .map(|e| e["data"]["text"].as_str().unwrap_or(""))
+        .collect()
+}

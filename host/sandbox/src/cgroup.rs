@@ -266,11 +266,7 @@ impl Cgroup {
             .or_else(|| self.dir(Role::Pids))
             .or_else(|| self.dirs.first().map(|(_, d)| d.as_path()));
         let Some(dir) = dir else { return Vec::new() };
-        fs::read_to_string(dir.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
+        parse_procs(&fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default())
     }
 
     /// SIGKILL every process in the sandbox, waiting (up to `within`) until
@@ -352,10 +348,29 @@ impl Cgroup {
     }
 }
 
+/// The pids in a `cgroup.procs` listing. A task that is being reaped can
+/// be listed as `0` (its pid is already detached); such entries are
+/// dropped, since `kill(0, …)` would signal the caller's own process group.
+fn parse_procs(text: &str) -> Vec<i32> {
+    text.lines().filter_map(|l| l.trim().parse::<i32>().ok()).filter(|&p| p > 0).collect()
+}
+
 fn counter(text: &str, key: &str) -> u64 {
     text.lines()
         .filter_map(|l| l.split_once(' '))
         .find(|(k, _)| *k == key)
         .and_then(|(_, v)| v.trim().parse().ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reaped task listed as 0 must never become `kill(0, …)`, which
+    /// would signal the server's own process group.
+    #[test]
+    fn dying_tasks_listed_as_zero_are_not_pids() {
+        assert_eq!(parse_procs("12\n0\n 34 \n\n-1\nx\n"), vec![12, 34]);
+    }
 }

@@ -65,6 +65,12 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
             let state = if e.enforced { "enforced" } else { "NOT ENFORCED" };
             eprintln!("crownest:   {:<11} {state}: {}", e.name, e.detail);
         }
+        match sbx.config().warm_standby {
+            0 => eprintln!("crownest:   standby     off (sandbox.warm_standby = 0): every sandbox starts cold"),
+            n => eprintln!(
+                "crownest:   standby     {n} started sandbox(es) kept per template shape (sandbox.warm_standby)"
+            ),
+        }
     }
     for p in set.infos() {
         eprintln!("crownest: {:<16} {} ({}, sha256 {})", p.kind.name(), p.name, p.source, &p.sha256[..12]);

@@ -362,7 +362,13 @@ impl Executor {
             }
         }
 
-        let exec = ExecSpec { command: run.spec.command.clone(), env: vec![], cwd: "/workspace".into() };
+        // The sandbox's own environment names the run that created it; a
+        // reused sandbox must show the command the run it belongs to.
+        let exec = ExecSpec {
+            command: run.spec.command.clone(),
+            env: vec![("CROWNEST_RUN_ID".into(), run.id.clone())],
+            cwd: "/workspace".into(),
+        };
         let execution = match sandbox.exec(&exec).await {
             Ok(x) => x,
             Err(e) => {
