@@ -155,5 +155,47 @@ impl Drop for Server {
                 }
             }
         }
+        // And its sandboxes' cgroups: nothing restarts on this root to reap
+        // them, and a machine running the suite often would collect them.
+        remove_cgroups(&self.sandbox_root);
+    }
+}
+
+/// Remove the (empty, once the server is gone) cgroups of the sandboxes
+/// under `root`, in every hierarchy a server may have used.
+fn remove_cgroups(root: &Path) {
+    let mut names = Vec::new();
+    for owner in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let Some(owner_name) = owner.file_name().to_str().map(str::to_string) else { continue };
+        for cell in std::fs::read_dir(owner.path()).into_iter().flatten().flatten() {
+            if cell.file_type().is_ok_and(|t| t.is_dir()) {
+                if let Some(n) = cell.file_name().to_str() {
+                    names.push(format!("{owner_name}.{n}"));
+                }
+            }
+        }
+    }
+    if names.is_empty() {
+        return;
+    }
+    let mut parents = Vec::new();
+    for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        parents.push(h.path().join("crownest"));
+        // v1 memory hierarchies may nest the server's own cgroup first.
+        for sub in std::fs::read_dir(h.path()).into_iter().flatten().flatten() {
+            for inner in std::fs::read_dir(sub.path()).into_iter().flatten().flatten() {
+                parents.push(inner.path().join("crownest"));
+            }
+        }
+    }
+    parents.push(PathBuf::from("/sys/fs/cgroup/crownest"));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for parent in parents.iter().filter(|p| p.is_dir()) {
+        for n in &names {
+            let d = parent.join(n);
+            while d.is_dir() && std::fs::remove_dir(&d).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
 }
