@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{env, limits, run_spec, spec, unique};
+use common::{env, limits, run_spec, run_with_stdin, spec, unique};
 use crownest_sandbox::{ExitStatus, SandboxConfig, SandboxHost};
 
 async fn wait_for_standby(host: &SandboxHost) {
@@ -30,7 +30,7 @@ async fn an_adopted_standby_runs_the_first_command_like_a_cold_sandbox() {
     probe.env.push(("CROWNEST_RUN_ID".into(), "run-1".into()));
     probe.env.push(("QUOTED".into(), "it's \"here\"\nand $HOME".into()));
     std::fs::write(cold.workspace().join("marker"), "x").unwrap();
-    let cold_out = run_with_stdin(&cold, &probe).await;
+    let cold_out = run_with_stdin(&cold, &probe, b"hello\n").await;
     // The first cold spawn taught the pool this shape.
     wait_for_standby(&e.host).await;
 
@@ -40,7 +40,7 @@ async fn an_adopted_standby_runs_the_first_command_like_a_cold_sandbox() {
     assert_eq!(e.host.standbys_ready(), 0, "the standby was adopted");
     // Files written after the standby started are visible to the command.
     std::fs::write(warm.workspace().join("marker"), "x").unwrap();
-    let warm_out = run_with_stdin(&warm, &probe).await;
+    let warm_out = run_with_stdin(&warm, &probe, b"hello\n").await;
     assert_eq!(warm_out.0.status, ExitStatus::Exited(0), "{warm_out:?}");
     let lines = |s: &str| s.lines().map(str::to_string).collect::<Vec<_>>();
     let (c, w) = (lines(&cold_out.1), lines(&warm_out.1));
@@ -66,22 +66,6 @@ async fn an_adopted_standby_runs_the_first_command_like_a_cold_sandbox() {
     assert!(!e.host.list_cells("test").contains(&id));
     assert!(e.host.open_cell("test", &id).is_err());
     cold.destroy().unwrap();
-}
-
-async fn run_with_stdin(
-    cell: &crownest_sandbox::Cell,
-    spec: &crownest_sandbox::SpawnSpec,
-) -> (crownest_sandbox::Outcome, String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = cell.spawn(spec).unwrap();
-    s.stdin.write_all(b"hello\n").await.unwrap();
-    drop(s.stdin);
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let (a, b) = tokio::join!(s.stdout.read_to_end(&mut out), s.stderr.read_to_end(&mut err));
-    a.unwrap();
-    b.unwrap();
-    let o = s.tree.wait().await;
-    (o, String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,7 +79,20 @@ pub async fn run(cell: &Cell, cmd: &str) -> (crownest_sandbox::Outcome, String, 
 }
 
 pub async fn run_spec(cell: &Cell, spec: &SpawnSpec) -> (crownest_sandbox::Outcome, String, String) {
+    run_with_stdin(cell, spec, b"").await
+}
+
+/// Run `spec` in `cell` with `input` on its stdin.
+pub async fn run_with_stdin(
+    cell: &Cell,
+    spec: &SpawnSpec,
+    input: &[u8],
+) -> (crownest_sandbox::Outcome, String, String) {
+    use tokio::io::AsyncWriteExt;
     let mut s = cell.spawn(spec).unwrap();
+    if !input.is_empty() {
+        s.stdin.write_all(input).await.unwrap();
+    }
     drop(s.stdin);
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let (a, b) = tokio::join!(s.stdout.read_to_end(&mut out), s.stderr.read_to_end(&mut err));
