@@ -227,18 +227,31 @@ fn write_file(
 ) -> Result<(), ExtractError> {
     let refuse = |reason: &str| ExtractError::Refused { entry: shown.to_string(), reason: reason.to_string() };
     let mut opts = OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     // Created with its final mode when the umask cannot alter it (saves an
     // fchmod per file); fixed up below otherwise.
     cap_std::fs::OpenOptionsExt::mode(&mut opts, if mode & umask == 0 { mode } else { 0o600 });
     cap_std::fs::OpenOptionsExt::custom_flags(&mut opts, libc::O_NOFOLLOW);
-    let mut file = dir.open_with(paths::os(name), &opts).map_err(|e| match e.raw_os_error() {
+    let opened_err = |e: io::Error| match e.raw_os_error() {
         Some(libc::ELOOP) => refuse("a symlink of that name already exists"),
         Some(libc::EISDIR) => refuse("a directory of that name already exists"),
         _ => ExtractError::Io(format!("creating `{shown}`: {e}")),
-    })?;
+    };
+    // A path that appears twice in an archive: the later entry replaces
+    // the file, content and mode (an open of an existing file would keep
+    // the first entry's mode).
+    let (mut file, replaced) = match dir.open_with(paths::os(name), &opts) {
+        Ok(f) => (f, false),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let mut again = OpenOptions::new();
+            again.write(true).truncate(true);
+            cap_std::fs::OpenOptionsExt::custom_flags(&mut again, libc::O_NOFOLLOW);
+            (dir.open_with(paths::os(name), &again).map_err(opened_err)?, true)
+        }
+        Err(e) => return Err(opened_err(e)),
+    };
     content(&mut file)?;
-    if mode & umask != 0 {
+    if mode & umask != 0 || replaced {
         file.set_permissions(Permissions::from_mode(mode))
             .map_err(|e| ExtractError::Io(format!("setting the mode of `{shown}`: {e}")))?;
     }

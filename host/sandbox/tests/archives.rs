@@ -125,6 +125,28 @@ fn a_normal_archive_extracts_with_progress() {
     assert_eq!(std::fs::metadata(root.join("run.sh")).unwrap().permissions().mode() & 0o7777, 0o755);
 }
 
+/// A path that appears twice: the later entry wins, content and mode, in
+/// both directions (a larger file made executable, a smaller one made
+/// read-only).
+#[test]
+fn a_repeated_path_takes_the_later_entrys_content_and_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = Ws::new();
+    let tar = raw_tar(&[
+        E { name: b"tool", kind: b'0', data: b"first version, longer\n", link: b"", mode: 0o644 },
+        E { name: b"tool", kind: b'0', data: b"#!/bin/sh\n", link: b"", mode: 0o755 },
+        E { name: b"notes", kind: b'0', data: b"x", link: b"", mode: 0o755 },
+        E { name: b"notes", kind: b'0', data: b"yy", link: b"", mode: 0o600 },
+    ]);
+    extract_tar_gz(&gz(&tar)[..], &ws.dir(), Budgets::default(), None, &mut |_, _| {}).unwrap();
+    let root = ws.outer.path().join("workspace");
+    let mode = |n: &str| std::fs::metadata(root.join(n)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(std::fs::read_to_string(root.join("tool")).unwrap(), "#!/bin/sh\n");
+    assert_eq!(mode("tool"), 0o755);
+    assert_eq!(std::fs::read_to_string(root.join("notes")).unwrap(), "yy");
+    assert_eq!(mode("notes"), 0o600);
+}
+
 #[test]
 fn dotdot_traversal_is_refused() {
     let ws = Ws::new();
