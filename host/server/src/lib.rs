@@ -9,6 +9,7 @@ mod auth;
 mod error;
 mod idempotency;
 mod json;
+mod json_text;
 mod routes;
 mod state;
 mod views;

@@ -63,6 +63,41 @@ pub fn event(data_dir: &Path, run_id: &str, e: &Event) -> Value {
     json!({ "runId": run_id, "seq": e.seq, "type": e.kind.as_str(), "at": rfc3339(e.at_ms), "data": data })
 }
 
+/// [`event`] as JSON text, for streaming: an output chunk that is UTF-8 is
+/// read from the log and escaped straight into the text, without an
+/// intermediate `Value` (a chunk is up to 4 MiB).
+pub fn event_text(data_dir: &Path, run_id: &str, e: &Event) -> String {
+    let len = e.data["bytes"].as_u64().unwrap_or(0);
+    if !e.kind.is_output() || len == 0 {
+        return serde_json::to_string(&event(data_dir, run_id, e)).unwrap_or_default();
+    }
+    let offset = e.data["offset"].as_u64().unwrap_or(0);
+    let bytes = match output::read_chunk(data_dir, run_id, e.kind.as_str(), offset, len) {
+        Ok(b) => b,
+        Err(_) => return serde_json::to_string(&event(data_dir, run_id, e)).unwrap_or_default(),
+    };
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return serde_json::to_string(&event(data_dir, run_id, e)).unwrap_or_default();
+    };
+    let head = json!({ "runId": run_id, "seq": e.seq, "type": e.kind.as_str(), "at": rfc3339(e.at_ms) });
+    let head = serde_json::to_string(&head).unwrap_or_default();
+    let data = serde_json::to_string(&e.data).unwrap_or_default();
+    let mut out = String::with_capacity(head.len() + data.len() + text.len() + text.len() / 16 + 32);
+    out.push_str(head.strip_suffix('}').unwrap_or(&head));
+    out.push_str(",\"data\":");
+    match data.strip_suffix('}') {
+        Some(open) if open.len() > 1 => {
+            out.push_str(open);
+            out.push(',');
+        }
+        _ => out.push('{'),
+    }
+    out.push_str("\"text\":");
+    crate::json_text::push_str_literal(&mut out, text);
+    out.push_str("}}");
+    out
+}
+
 pub fn artifact(a: &ArtifactRecord) -> Value {
     json!({
         "id": a.id, "runId": a.run_id, "projectId": a.project_id, "name": a.name, "path": a.path,
@@ -131,4 +166,35 @@ pub fn usage(u: &crownest_core::ports::Usage) -> Value {
 
 pub fn usd(micro: u64) -> String {
     format!("{}.{:06}", micro / 1_000_000, micro % 1_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crownest_core::runs::model::EventType;
+
+    /// The streamed text of an output event is the same JSON as the
+    /// event's `Value` view.
+    #[test]
+    fn event_text_is_the_event_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = output::log_path(dir.path(), "wsr_1", "stdout");
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        let content = "héllo \"world\"\n\tü\u{1}".repeat(300);
+        std::fs::write(&log, format!("skip{content}")).unwrap();
+        let e = Event {
+            seq: 7,
+            kind: EventType::Stdout,
+            at_ms: 1_700_000_000_000,
+            data: json!({"offset": 4, "bytes": content.len(), "streamSha256": "ab"}),
+        };
+        let text: Value = serde_json::from_str(&event_text(dir.path(), "wsr_1", &e)).unwrap();
+        assert_eq!(text, event(dir.path(), "wsr_1", &e));
+        assert_eq!(text["data"]["text"], content);
+        // Not UTF-8: the base64 form, as before.
+        std::fs::write(&log, b"skip\xff\xfe").unwrap();
+        let e = Event { data: json!({"offset": 4, "bytes": 2}), ..e };
+        let text: Value = serde_json::from_str(&event_text(dir.path(), "wsr_1", &e)).unwrap();
+        assert_eq!(text["data"]["base64"], "//4=");
+    }
 }

@@ -95,7 +95,7 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
                     // Reading the chunk from the log and escaping it is file
                     // and CPU work: keep it off the runtime threads.
                     let (dir, id, ev) = (state.store.dir().to_path_buf(), run_id.clone(), e.clone());
-                    match tokio::task::spawn_blocking(move || serialize(&views::event(&dir, &id, &ev))).await {
+                    match tokio::task::spawn_blocking(move || views::event_text(&dir, &id, &ev)).await {
                         Ok(b) => b,
                         Err(_) => return,
                     }
