@@ -500,6 +500,37 @@ async fn the_lifetime_limit_stops_runs_and_kept_sandboxes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_sandbox_is_metered_again_after_a_crash() {
+    let mut s = server(&[("CROWNEST_PLUGINS__METER__CONFIG__MAX_LIFETIME_SECS", "3")]);
+    let api = Api::new(&s);
+    let archive = targz(&[("README", b"x\n", 0o644)]);
+    let kept = api.run(json!({"command": "true", "keepSandbox": true}), &archive).await;
+    assert_eq!(kept["status"], "succeeded", "{kept}");
+    let sandbox = kept["sandboxId"].as_str().unwrap().to_string();
+    s.kill9();
+    s.spawn();
+    let restarted = std::time::Instant::now();
+    // Metered from the restart on: the lifetime limit stops it there.
+    let adm = admin(&s);
+    let mut killed = None;
+    for _ in 0..150 {
+        let (_, page) = adm.get(&format!("/v1/audit-events?action=sandboxes:kill&target={sandbox}")).await;
+        if let Some(e) = page["data"]["items"].as_array().unwrap().first() {
+            killed = Some(e.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let killed = killed.unwrap_or_else(|| panic!("the kept sandbox {sandbox} was not metered after the restart"));
+    assert!(restarted.elapsed() >= Duration::from_secs(2), "stopped at its lifetime, not at once: {killed}");
+    let api = Api::new(&s);
+    let (st, v) = api.post("/v1/workspace-runs", json!({"command": "true", "sandboxId": sandbox})).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (409, Some("sandbox_destroyed")), "{v}");
+    let (_, usage) = api.get("/v1/usage").await;
+    assert!(usage["data"]["totals"]["computeUnitSeconds"].as_u64().unwrap() >= 3, "{usage}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metered_seconds_survive_a_crash_of_the_server() {
     let mut s = server(&[]);
     let api = Api::new(&s);

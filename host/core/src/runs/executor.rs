@@ -660,8 +660,46 @@ impl Executor {
         });
     }
 
-    /// After a restart: fail every run that was active, then reap every
-    /// sandbox no kept run owns.
+    /// A kept sandbox found at start-up is metered again from now (the
+    /// server's downtime is not billed) and held like one kept in this
+    /// process, so caps and the lifetime limit stop it; one the meter no
+    /// longer admits is destroyed.
+    async fn meter_kept_again(&self, id: &str) {
+        if self.backends.metering.lease(id).is_some() {
+            return;
+        }
+        let owner = match self.store.sandbox_owner(id.to_string()).await {
+            Ok(Some(o)) => o,
+            Ok(None) => return,
+            Err(e) => return tracing::warn!(sandbox_id = id, "cannot find the run that kept this sandbox: {e}"),
+        };
+        let (org, project, run_id) = owner;
+        let template = match self.store.get_run(run_id).await {
+            Ok(r) => r.spec.template,
+            Err(e) => return tracing::warn!(sandbox_id = id, "cannot load the run that kept this sandbox: {e}"),
+        };
+        match self.backends.runtime.open_sandbox(id).await {
+            Ok(s) => {
+                self.kept.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), Arc::from(s));
+            }
+            Err(e) => return tracing::warn!(sandbox_id = id, "cannot open a kept sandbox: {}", e.message),
+        }
+        match self.backends.metering.begin(id, &org, &project, &template).await {
+            Ok(_) => tracing::info!(sandbox_id = id, "kept sandbox metered again after the restart"),
+            Err(e) if e.kind == ErrorKind::QuotaExceeded => {
+                let reason = format!("quota_exceeded: {}", e.message);
+                let sandbox = self.take_kept(id);
+                if let Err(e) = self.finish_kill(id, sandbox, &reason).await {
+                    tracing::warn!(sandbox_id = id, "destroying an unadmitted kept sandbox failed: {}", e.message);
+                }
+                self.audit_system("sandboxes:kill", id, &org, &project, &reason).await;
+            }
+            Err(e) => tracing::warn!(sandbox_id = id, "the meter could not admit a kept sandbox: {}", e.message),
+        }
+    }
+
+    /// After a restart: fail every run that was active, meter the kept
+    /// sandboxes again, then reap every sandbox no kept run owns.
     pub async fn recover(&self) -> anyhow::Result<usize> {
         let kept = self.store.kept_sandboxes().await?;
         let active = self.store.active_runs().await?;
@@ -675,6 +713,9 @@ impl Executor {
         }
         match self.backends.runtime.list_sandboxes().await {
             Ok(ids) => {
+                for id in ids.iter().filter(|id| kept.contains(id)) {
+                    self.meter_kept_again(id).await;
+                }
                 for id in ids.into_iter().filter(|id| !kept.contains(id)) {
                     if let Err(e) = self.backends.runtime.destroy_by_id(&id).await {
                         tracing::warn!(sandbox_id = %id, "cannot reap orphaned sandbox: {e}");
