@@ -228,6 +228,16 @@ impl Cell {
     }
 
     pub(crate) fn open(host: Arc<SandboxHost>, owner: &str, id: &str) -> Result<Cell, CellError> {
+        let cell = Cell::open_any(host, owner, id)?;
+        if cell.rec.standby {
+            // Not a sandbox anyone owns yet.
+            return Err(CellError::NotFound(format!("no sandbox `{id}`")));
+        }
+        Ok(cell)
+    }
+
+    /// [`Cell::open`], standbys included (to destroy them at start-up).
+    pub(crate) fn open_any(host: Arc<SandboxHost>, owner: &str, id: &str) -> Result<Cell, CellError> {
         validate_id(id)?;
         validate_id(owner)?;
         let not_found = || CellError::NotFound(format!("no sandbox `{id}`"));

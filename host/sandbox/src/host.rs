@@ -193,7 +193,7 @@ impl SandboxHost {
                 let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
                 match CellRecord::read(&path) {
                     Ok(rec) if rec.standby && !is_link => {
-                        if let Ok(cell) = Cell::open(self.clone(), &owner_name, &rec.id) {
+                        if let Ok(cell) = Cell::open_any(self.clone(), &owner_name, &rec.id) {
                             let _ = cell.destroy();
                         }
                     }

@@ -117,6 +117,14 @@ async fn standbys_do_not_outlive_their_host() {
     wait_for_standby(&host).await;
     let on_disk = || std::fs::read_dir(cfg.root.join("test")).unwrap().count();
     assert_eq!(on_disk(), 2, "the cell and one standby");
+    // A standby is nobody's sandbox: it cannot be opened by its name.
+    let standby_name = std::fs::read_dir(cfg.root.join("test"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n != cell.id())
+        .unwrap();
+    assert!(host.open_cell("test", &standby_name).is_err());
     // A restarted host (the standby processes died with the old one)
     // destroys the standby's cell and keeps the real one.
     let again = SandboxHost::new(cfg.clone()).unwrap();
