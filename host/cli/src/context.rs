@@ -40,14 +40,25 @@ impl Context {
     }
 
     /// Build the engine and load the configured plugins.
+    /// The plugins for a one-shot command (`doctor`, `plugins check`, …):
+    /// no standby sandboxes, which would outlive the command.
     pub fn load_plugins(&self, config: &Config) -> Result<(PluginHost, PluginSet)> {
+        self.load_plugins_with(config, false)
+    }
+
+    /// The plugins for `crownest serve`, with standby sandboxes as configured.
+    pub fn load_plugins_serving(&self, config: &Config) -> Result<(PluginHost, PluginSet)> {
+        self.load_plugins_with(config, true)
+    }
+
+    fn load_plugins_with(&self, config: &Config, standby: bool) -> Result<(PluginHost, PluginSet)> {
         let dir = self.prepare_data_dir(config)?;
         let db = dir.join("crownest.db");
         let kv = SqliteKv::open(&db).with_context(|| format!("cannot open the database {}", db.display()))?;
         let mut host = PluginHost::for_config(config, Arc::new(kv)).context("cannot start the plugin engine")?;
         let wants_sandbox = PluginKind::ALL.into_iter().any(|k| resolve(config, k).is_some_and(|(_, _, g)| g.sandbox));
         if wants_sandbox {
-            host = host.with_sandbox(sandbox_host(config)?);
+            host = host.with_sandbox(sandbox_host(config, standby)?);
         }
         let set = host.load_all(config).map_err(|e| anyhow::anyhow!("{}", e.message))?;
         Ok((host, set))
@@ -55,7 +66,8 @@ impl Context {
 }
 
 /// The sandbox mechanisms for `config`; the jail helper is this executable.
-pub fn sandbox_host(config: &Config) -> Result<Arc<SandboxHost>> {
+/// The sandbox host; `standby` keeps started sandboxes ready (a server).
+pub fn sandbox_host(config: &Config, standby: bool) -> Result<Arc<SandboxHost>> {
     let exe = std::env::current_exe().context("cannot locate the crownest executable (the sandbox helper)")?;
     // Prefer the small dedicated helper installed next to us.
     let small = exe.with_file_name("crownest-jail");
@@ -76,7 +88,7 @@ pub fn sandbox_host(config: &Config) -> Result<Arc<SandboxHost>> {
         cgroup_mount: PathBuf::from("/sys/fs/cgroup"),
         uid_base: s.uid_base,
         uid_count: s.uid_count,
-        warm_standby: s.warm_standby,
+        warm_standby: if standby { s.warm_standby } else { 0 },
     };
     SandboxHost::new(cfg).map_err(|e| anyhow::anyhow!(e))
 }

@@ -57,7 +57,7 @@ pub async fn run(ctx: &Context, cmd: Command) -> Result<ExitCode> {
             };
             let sandbox = if kind == PluginKind::RuntimeProvider {
                 let config = ctx.config()?;
-                Some(crate::context::sandbox_host(&config)?)
+                Some(crate::context::sandbox_host(&config, false)?)
             } else {
                 None
             };

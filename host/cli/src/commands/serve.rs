@@ -56,7 +56,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
         println!("{}", b.api_key);
     }
 
-    let (host, set) = ctx.load_plugins(&config)?;
+    let (host, set) = ctx.load_plugins_serving(&config)?;
     eprintln!("crownest: data directory {}", data_dir.display());
     if let Some(sbx) = host.sandbox() {
         let r = sbx.report();
