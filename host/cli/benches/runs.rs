@@ -196,6 +196,14 @@ async fn main() {
             "output throughput ratio: {:.0}% of the pipe (target >= 50%)",
             100.0 * pipe.as_secs_f64() / s.as_secs_f64()
         );
+        // Bounded server memory: its peak resident set after streaming
+        // 5 × 200 MiB (output events are read from the log one at a time).
+        if let Some(pid) = server.child.as_ref().map(|c| c.id()) {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            if let Some(hwm) = status.lines().find(|l| l.starts_with("VmHWM:")) {
+                println!("server peak RSS after the output runs: {}", hwm.trim_start_matches("VmHWM:").trim());
+            }
+        }
     }
 
     // --- archive ingest: upload + sha256 + extraction vs sha256sum + tar xzf.
