@@ -125,7 +125,14 @@ impl Cell {
         }
         if let Some(standby) = host.warm.take(owner, &limits) {
             match standby.adopt(id, labels.clone()) {
-                Ok(cell) => return Ok(cell),
+                Ok(cell) => {
+                    tracing::debug!(
+                        sandbox_id = id,
+                        standby = cell.rec.dir_name.as_deref(),
+                        "adopted a standby sandbox"
+                    );
+                    return Ok(cell);
+                }
                 Err((standby, e)) => {
                     tracing::warn!(sandbox_id = id, "cannot adopt a standby sandbox, creating one: {e}");
                     if let Some(s) = standby.take_standby() {
@@ -436,7 +443,10 @@ impl Cell {
                     self.fresh.store(false, Ordering::Relaxed);
                     return Ok(spawned);
                 }
-                Err(standby) => WarmPool::retire(standby),
+                Err(standby) => {
+                    tracing::debug!(sandbox_id = self.id(), "the standby cannot run this spec; starting cold");
+                    WarmPool::retire(standby);
+                }
             }
         }
         let spawned = self.spawn_cold(spec)?;
