@@ -96,6 +96,9 @@ pub struct PluginState {
     pub http_hooks: AllowList,
     pub memory: MemoryCap,
     pub clock: CallClock,
+    /// Host readers pushed as `wasi:io` streams that the host may take back
+    /// when the plugin returns them unread, by resource rep.
+    pub reclaimable: std::collections::HashMap<u32, crate::streams::ReaderSlot>,
 }
 
 impl PluginState {
@@ -111,6 +114,7 @@ impl PluginState {
             http_hooks: env.http.clone(),
             memory: MemoryCap { limit: env.memory_limit, refused: false },
             clock: CallClock { started: None, timeout: env.call_timeout, excluded: Duration::ZERO },
+            reclaimable: Default::default(),
             env,
         })
     }

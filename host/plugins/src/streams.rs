@@ -9,6 +9,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -26,23 +27,75 @@ pub const CHUNK: usize = 1 << 20;
 /// Chunks buffered between producer and consumer.
 const DEPTH: usize = 4;
 
-/// A `wasi:io` input stream fed from a host reader by a background task.
+/// A host reader not yet read through its `wasi:io` stream: the host can
+/// take it back (see [`input_stream_reclaimable`]).
+pub type ReaderSlot = Arc<Mutex<Option<ByteStream>>>;
+
+/// A `wasi:io` input stream fed from a host reader by a background task,
+/// started at the first read or poll.
 struct ReaderInputStream {
-    rx: mpsc::Receiver<io::Result<Bytes>>,
+    slot: Option<ReaderSlot>,
+    rx: Option<mpsc::Receiver<io::Result<Bytes>>>,
     buf: Bytes,
     pending: Option<io::Result<Bytes>>,
     eof: bool,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for ReaderInputStream {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+impl ReaderInputStream {
+    /// Start reading, unless the host took the reader back (then the
+    /// stream is simply closed).
+    fn start(&mut self) {
+        let Some(slot) = self.slot.take() else { return };
+        match slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(reader) => {
+                let (rx, task) = pump_reader(reader);
+                self.rx = Some(rx);
+                self.task = Some(task);
+            }
+            None => self.eof = true,
+        }
     }
 }
 
 /// Wrap a host reader as a `wasi:io` input stream.
-pub fn input_stream_from(mut reader: ByteStream) -> DynInputStream {
+pub fn input_stream_from(reader: ByteStream) -> DynInputStream {
+    input_stream_reclaimable(reader).0
+}
+
+/// Wrap a host reader as a `wasi:io` input stream and keep a slot through
+/// which the host can take the reader back, as long as the plugin has not
+/// read or polled the stream: a plugin that only hands the stream back (a
+/// runtime provider returning a command's stdout) then costs nothing per
+/// byte, instead of two tasks and two channels.
+pub fn input_stream_reclaimable(reader: ByteStream) -> (DynInputStream, ReaderSlot) {
+    let slot: ReaderSlot = Arc::new(Mutex::new(Some(reader)));
+    let stream = ReaderInputStream {
+        slot: Some(slot.clone()),
+        rx: None,
+        buf: Bytes::new(),
+        pending: None,
+        eof: false,
+        task: None,
+    };
+    (Box::new(stream), slot)
+}
+
+/// Take back a reader handed out with [`input_stream_reclaimable`], if its
+/// stream was never read.
+pub fn reclaim(slot: &ReaderSlot) -> Option<ByteStream> {
+    slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
+fn pump_reader(mut reader: ByteStream) -> (mpsc::Receiver<io::Result<Bytes>>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(DEPTH);
     let task = tokio::spawn(async move {
         loop {
@@ -61,16 +114,18 @@ pub fn input_stream_from(mut reader: ByteStream) -> DynInputStream {
             }
         }
     });
-    Box::new(ReaderInputStream { rx, buf: Bytes::new(), pending: None, eof: false, task })
+    (rx, task)
 }
 
 #[async_trait::async_trait]
 impl Pollable for ReaderInputStream {
     async fn ready(&mut self) {
+        self.start();
         if !self.buf.is_empty() || self.pending.is_some() || self.eof {
             return;
         }
-        match self.rx.recv().await {
+        let Some(rx) = self.rx.as_mut() else { return };
+        match rx.recv().await {
             Some(item) => self.pending = Some(item),
             None => self.eof = true,
         }
@@ -79,11 +134,17 @@ impl Pollable for ReaderInputStream {
 
 impl InputStream for ReaderInputStream {
     fn read(&mut self, size: usize) -> StreamResult<Bytes> {
+        self.start();
         if self.buf.is_empty() {
             let next = match self.pending.take() {
                 Some(item) => Some(item),
                 None if self.eof => return Err(StreamError::Closed),
-                None => match self.rx.try_recv() {
+                None => match self
+                    .rx
+                    .as_mut()
+                    .map(|rx| rx.try_recv())
+                    .unwrap_or(Err(mpsc::error::TryRecvError::Disconnected))
+                {
                     Ok(item) => Some(item),
                     Err(mpsc::error::TryRecvError::Empty) => None,
                     Err(mpsc::error::TryRecvError::Disconnected) => {
@@ -221,5 +282,41 @@ impl std::io::Read for BlockingStreamReader {
         let n = out.len().min(self.buf.len());
         out[..n].copy_from_slice(&self.buf.split_to(n));
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reader(bytes: &'static [u8]) -> ByteStream {
+        Box::new(bytes)
+    }
+
+    /// A stream the plugin never touched gives the host its reader back,
+    /// and the stream itself then reads as closed.
+    #[tokio::test]
+    async fn an_unread_stream_gives_its_reader_back() {
+        let (mut stream, slot) = input_stream_reclaimable(reader(b"hello"));
+        let mut back = reclaim(&slot).expect("never read");
+        let mut out = Vec::new();
+        back.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"hello");
+        stream.ready().await;
+        assert!(matches!(stream.read(10), Err(StreamError::Closed)));
+    }
+
+    /// Once the plugin has polled or read the stream, the host cannot take
+    /// the reader: the bytes go through the stream, none lost or doubled.
+    #[tokio::test]
+    async fn a_read_stream_keeps_its_reader() {
+        let (mut stream, slot) = input_stream_reclaimable(reader(b"hello world"));
+        stream.ready().await;
+        let first = stream.read(5).unwrap();
+        assert!(reclaim(&slot).is_none());
+        let mut rest = ChannelReader::new(pump(stream));
+        let mut out = first.to_vec();
+        rest.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"hello world");
     }
 }

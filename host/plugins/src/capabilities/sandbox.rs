@@ -229,10 +229,19 @@ impl wit::HostCell for PluginState {
             Err(e) => return Ok(Err(to_wit(e))),
         };
         let stdin: DynOutputStream = Box::new(wasmtime_wasi::p2::pipe::AsyncWriteStream::new(1 << 16, spawned.stdin));
+        // Slots of earlier spawns are either taken or started by now; their
+        // reps may be reused by the table.
+        self.reclaimable.clear();
+        let (stdout, out_slot) = streams::input_stream_reclaimable(Box::new(spawned.stdout));
+        let (stderr, err_slot) = streams::input_stream_reclaimable(Box::new(spawned.stderr));
+        let stdout = self.table.push(stdout)?;
+        let stderr = self.table.push(stderr)?;
+        self.reclaimable.insert(stdout.rep(), out_slot);
+        self.reclaimable.insert(stderr.rep(), err_slot);
         Ok(Ok(wit::Spawned {
             process: self.table.push(ProcessEntry(Arc::new(spawned.tree)))?,
-            stdout: self.table.push(streams::input_stream_from(Box::new(spawned.stdout)))?,
-            stderr: self.table.push(streams::input_stream_from(Box::new(spawned.stderr)))?,
+            stdout,
+            stderr,
             stdin: self.table.push(stdin)?,
         }))
     }

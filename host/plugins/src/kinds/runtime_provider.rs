@@ -191,6 +191,21 @@ fn take<T: 'static>(store: &mut Store<PluginState>, r: Resource<T>) -> Result<T,
     store.data_mut().table.delete(r).map_err(|e| PluginError::internal(format!("plugin handle vanished: {e}")))
 }
 
+/// A stream the plugin returned, as a reader: the host's own reader when
+/// the stream is one the host handed out and the plugin never read (no
+/// copy, no task per chunk), else read through the stream.
+fn take_reader(
+    store: &mut Store<PluginState>,
+    r: Resource<wasmtime_wasi::p2::DynInputStream>,
+) -> Result<ByteStream, PluginError> {
+    let slot = store.data_mut().reclaimable.remove(&r.rep());
+    let stream = take(store, r)?;
+    match slot.as_ref().and_then(streams::reclaim) {
+        Some(reader) => Ok(reader),
+        None => Ok(streams::reader_from_stream(stream)),
+    }
+}
+
 impl Inner {
     /// Refuse calls into a poisoned instance; remember faults.
     fn check_alive(&self) -> Result<(), PluginError> {
@@ -288,13 +303,9 @@ impl Sandbox for WasmSandbox {
             guard::call(&mut inner.store, "sandbox.exec", async |s| g.sandbox().call_exec(s, res, &wspec).await).await;
         let ex = inner.note(r)?.map_err(from_wit)?;
         let process: ProcessEntry = take(&mut inner.store, ex.process)?;
-        let stdout = take(&mut inner.store, ex.stdout)?;
-        let stderr = take(&mut inner.store, ex.stderr)?;
-        Ok(Execution {
-            process: Box::new(TreeHandle(process.0)),
-            stdout: streams::reader_from_stream(stdout),
-            stderr: streams::reader_from_stream(stderr),
-        })
+        let stdout = take_reader(&mut inner.store, ex.stdout)?;
+        let stderr = take_reader(&mut inner.store, ex.stderr)?;
+        Ok(Execution { process: Box::new(TreeHandle(process.0)), stdout, stderr })
     }
 
     async fn open_file(&self, path: &str, max_bytes: u64) -> Result<(ByteStream, u64), PluginError> {
