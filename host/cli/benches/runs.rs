@@ -273,16 +273,22 @@ async fn main() {
                 api.upload(&id, targz(&[("README", b"x")])).await;
                 let (events, bytes) = api.start_and_stream(&id).await;
                 let run = api.call(reqwest::Method::GET, &format!("/v1/workspace-runs/{id}"), None).await;
-                (run["status"].as_str().unwrap().to_string(), events, bytes)
+                (run, events, bytes)
             }));
         }
         let mut ok = 0;
         for task in tasks {
-            let (status, events, bytes) = task.await.unwrap();
+            let (run, events, bytes) = task.await.unwrap();
             let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
             let gapless = seqs.windows(2).all(|w| w[1] == w[0] + 1 || w[1] > w[0]);
-            if status == "succeeded" && events.last().unwrap()["type"] == "terminal" && bytes > 0 && gapless {
+            if run["status"] == "succeeded" && events.last().unwrap()["type"] == "terminal" && bytes > 0 && gapless {
                 ok += 1;
+            } else {
+                let errors: Vec<&Value> = events.iter().filter(|e| e["type"] == "error").collect();
+                println!(
+                    "  not ok: {} {} {} ({} stdout bytes) {errors:?}",
+                    run["id"], run["status"], run["failureMessage"], bytes
+                );
             }
         }
         println!("50 concurrent runs: {ok}/50 succeeded with complete events in {}", ms(t.elapsed()));

@@ -53,7 +53,12 @@ impl SqliteKv {
         Self::init(Connection::open_in_memory()?)
     }
 
-    fn init(conn: Connection) -> anyhow::Result<SqliteKv> {
+    fn init(mut conn: Connection) -> anyhow::Result<SqliteKv> {
+        // The kv shares its database file with the run store: a transaction
+        // that reads before it writes must take the write lock up front, or
+        // a commit by the other connection in between fails it at once
+        // (SQLITE_BUSY_SNAPSHOT, which no busy timeout waits out).
+        conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;

@@ -130,7 +130,13 @@ impl Store {
         Self::init(conn, dir)
     }
 
-    fn init(conn: Connection, dir: &Path) -> anyhow::Result<Store> {
+    fn init(mut conn: Connection, dir: &Path) -> anyhow::Result<Store> {
+        // Transactions read (next event seq, current state) before they
+        // write, and the plugin kv writes to the same file from its own
+        // connection: take the write lock at BEGIN so the busy timeout
+        // applies, instead of failing with SQLITE_BUSY_SNAPSHOT when the
+        // other connection committed in between.
+        conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
