@@ -773,3 +773,26 @@ async fn output(api: &Api, id: &str, stream: &str) -> String {
         .map(|e| e["data"]["text"].as_str().unwrap_or(""))
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_output_capture_is_an_error_event_not_silence() {
+    let s = server(&[]);
+    let api = Api::new(&s);
+    let run = api.create(json!({"command": "echo lost"})).await;
+    let id = run["id"].as_str().unwrap().to_string();
+    assert_eq!(api.upload(&id, &py_archive()).await.0, 200);
+    // Where the run's output logs go, a file: storing output fails.
+    std::fs::create_dir_all(s.data_dir.join("runs")).unwrap();
+    std::fs::write(s.data_dir.join("runs").join(&id), "in the way").unwrap();
+    assert_eq!(api.start(&id).await.0, 202);
+    let done = api.wait(&id).await;
+    assert_eq!(done["status"], "succeeded", "the command itself ran: {done}");
+    let events = api.all_events(&id).await;
+    let err = events
+        .iter()
+        .find(|e| e["type"] == "error" && e["data"]["code"] == "output_capture_failed")
+        .unwrap_or_else(|| panic!("no error event: {events:?}"));
+    assert_eq!(err["data"]["stream"], "stdout");
+    assert_eq!(events.last().unwrap()["type"], "terminal");
+    assert!(api.evidence(&id).await["streams"].get("stdout").is_none());
+}

@@ -432,12 +432,24 @@ impl Executor {
         };
         // The tree is gone, so the pipes close; bound the wait anyway.
         for (name, task) in [("stdout", out), ("stderr", err)] {
-            match tokio::time::timeout(Duration::from_secs(30), task).await {
-                Ok(Ok(Ok(stats))) => g.streams.push((name.to_string(), stats)),
-                Ok(Ok(Err(e))) => tracing::error!(run_id, "capturing {name} failed: {e}"),
-                Ok(Err(e)) => tracing::error!(run_id, "capturing {name} panicked: {e}"),
-                Err(_) => tracing::error!(run_id, "{name} did not close 30 s after the process ended"),
-            }
+            let problem = match tokio::time::timeout(Duration::from_secs(30), task).await {
+                Ok(Ok(Ok(stats))) => {
+                    g.streams.push((name.to_string(), stats));
+                    continue;
+                }
+                Ok(Ok(Err(e))) => format!("capturing {name} failed: {e}"),
+                Ok(Err(e)) => format!("capturing {name} panicked: {e}"),
+                Err(_) => format!("{name} did not close 30 s after the process ended"),
+            };
+            // Said in the run's events: the evidence then has no totals for
+            // this stream, and a reader must know why, not guess.
+            tracing::error!(run_id, "{problem}");
+            self.event(
+                run_id,
+                EventType::Error,
+                json!({"code": "output_capture_failed", "stream": name, "message": problem}),
+            )
+            .await;
         }
         match why {
             Why::Timeout => Ending {
