@@ -58,6 +58,11 @@ pub fn targz(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
     b.into_inner().unwrap().finish().unwrap()
 }
 
+/// The text a run wrote to `stream` (`stdout` or `stderr`), from its events.
+pub fn stream_text(events: &[Value], stream: &str) -> String {
+    events.iter().filter(|e| e["type"] == stream).map(|e| e["data"]["text"].as_str().unwrap_or("")).collect()
+}
+
 /// A `.tar.gz` with one entry whose name is written raw (hostile names).
 pub fn targz_raw_name(name: &[u8], data: &[u8]) -> Vec<u8> {
     let mut h = tar::Header::new_gnu();
@@ -155,6 +160,20 @@ impl Api {
         let (s, v) = self.start(id).await;
         assert_eq!(s, 202, "{v}");
         self.wait(id).await
+    }
+
+    /// The text run `id` wrote to `stream`.
+    pub async fn output(&self, id: &str, stream: &str) -> String {
+        stream_text(&self.all_events(id).await, stream)
+    }
+
+    /// Open a staged transfer of `archive` in 1 MiB parts.
+    pub async fn open_transfer(&self, id: &str, archive: &[u8]) -> (u16, Value) {
+        self.post(
+            &format!("/v1/workspace-runs/{id}/archive-transfers"),
+            json!({"sizeBytes": archive.len(), "sha256": sha256(archive), "partSizeBytes": 1 << 20}),
+        )
+        .await
     }
 
     /// Every event of a run, by pages.

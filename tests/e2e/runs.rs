@@ -64,9 +64,7 @@ async fn a_run_streams_ordered_events_keeps_artifacts_and_writes_evidence() {
     assert_eq!(kinds.first(), Some(&"status"));
     assert_eq!(kinds.last(), Some(&"terminal"));
     assert!(kinds.contains(&"archive_progress"));
-    let text = |k: &str| {
-        events.iter().filter(|e| e["type"] == k).map(|e| e["data"]["text"].as_str().unwrap_or("")).collect::<String>()
-    };
+    let text = |k: &str| stream_text(&events, k);
     assert_eq!(text("stdout"), "hello ['a', 'b']\n");
     assert_eq!(text("stderr"), "warned\n");
     assert_eq!(kinds.iter().filter(|k| **k == "artifact_collected").count(), 2);
@@ -279,12 +277,7 @@ async fn staged_transfers_are_resumable_and_verified() {
     let archive = targz(&[("blob.bin", &noise, 0o644)]);
     let run = api.create(json!({"command": "sha256sum blob.bin"})).await;
     let id = run["id"].as_str().unwrap();
-    let (st, t) = api
-        .post(
-            &format!("/v1/workspace-runs/{id}/archive-transfers"),
-            json!({"sizeBytes": archive.len(), "sha256": sha256(&archive), "partSizeBytes": 1 << 20}),
-        )
-        .await;
+    let (st, t) = api.open_transfer(id, &archive).await;
     assert_eq!(st, 201, "{t}");
     let tid = t["data"]["id"].as_str().unwrap();
     let parts = t["data"]["partCount"].as_u64().unwrap();
@@ -312,9 +305,7 @@ async fn staged_transfers_are_resumable_and_verified() {
     api.start(id).await;
     let r = api.wait(id).await;
     assert_eq!(r["status"], "succeeded");
-    let events = api.all_events(id).await;
-    let out: String =
-        events.iter().filter(|e| e["type"] == "stdout").map(|e| e["data"]["text"].as_str().unwrap()).collect();
+    let out = api.output(id, "stdout").await;
     assert!(out.starts_with(&sha256(&noise)), "{out}");
 }
 
@@ -485,13 +476,7 @@ async fn a_kept_sandbox_is_reused_by_the_next_run() {
     assert!(s.sandbox_root.join("runtime_provider").join(sbx).join("cell.json").exists(), "kept");
     let b = api.run(json!({"command": "cat /workspace/state.txt", "sandboxId": sbx}), &py_archive()).await;
     assert_eq!(b["status"], "succeeded", "{b}");
-    let out: String = api
-        .all_events(b["id"].as_str().unwrap())
-        .await
-        .iter()
-        .filter(|e| e["type"] == "stdout")
-        .map(|e| e["data"]["text"].as_str().unwrap())
-        .collect();
+    let out = api.output(b["id"].as_str().unwrap(), "stdout").await;
     assert_eq!(out, "kept\n");
     assert!(
         !s.sandbox_root.join("runtime_provider").join(sbx).join("cell.json").exists(),
@@ -750,28 +735,19 @@ async fn a_run_in_a_standby_sandbox_behaves_like_one_in_a_new_sandbox() {
         std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(),
         "the kept sandbox is an adopted standby"
     );
-    let cold_out = output(&api, cold["id"].as_str().unwrap(), "stdout").await;
-    let warm_out = output(&api, warm["id"].as_str().unwrap(), "stdout").await;
+    let cold_out = api.output(cold["id"].as_str().unwrap(), "stdout").await;
+    let warm_out = api.output(warm["id"].as_str().unwrap(), "stdout").await;
     assert_eq!(cold_out, warm_out, "same environment, directory, identity, files and limits");
     // Each run sees its own run id.
     let id_of = |r: &serde_json::Value| r["id"].as_str().unwrap().to_string();
     let again = api.run(json!({"command": "echo $CROWNEST_RUN_ID", "sandboxId": sbx}), &py_archive()).await;
-    assert_eq!(output(&api, &id_of(&again), "stdout").await, format!("{}\n", id_of(&again)));
+    assert_eq!(api.output(&id_of(&again), "stdout").await, format!("{}\n", id_of(&again)));
     assert!(std::fs::symlink_metadata(&link).is_err(), "destroyed with its id link");
 
     // A timeout in a standby sandbox ends the whole tree like anywhere else.
     wait_for_standby(&s).await;
     let t = api.run(json!({"command": "sleep 60 & sleep 60", "timeoutMs": 1000}), &py_archive()).await;
     assert_eq!((t["status"].as_str(), t["failureReason"].as_str()), (Some("failed"), Some("timeout")), "{t}");
-}
-
-async fn output(api: &Api, id: &str, stream: &str) -> String {
-    api.all_events(id)
-        .await
-        .iter()
-        .filter(|e| e["type"] == stream)
-        .map(|e| e["data"]["text"].as_str().unwrap_or(""))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -154,9 +154,7 @@ async fn an_outage_fails_only_the_artifact_with_a_retryable_code() {
     let events = api.all_events(&id).await;
     let err = events.iter().find(|e| e["type"] == "artifact_error").expect("an artifact_error");
     assert_eq!(err["data"]["code"], "artifact_store_unavailable", "{err}");
-    let out: String =
-        events.iter().filter(|e| e["type"] == "stdout").map(|e| e["data"]["text"].as_str().unwrap()).collect();
-    assert_eq!(out, "kept-output\n");
+    assert_eq!(stream_text(&events, "stdout"), "kept-output\n");
     assert_eq!(api.evidence(&id).await["artifactErrors"][0]["code"], "artifact_store_unavailable");
     g.restart();
 }
@@ -401,12 +399,7 @@ async fn abandoned_presigned_transfers_are_swept_from_the_bucket() {
     let run = api.create(json!({"command": "true"})).await;
     let id = run["id"].as_str().unwrap();
     let archive = targz(&[("blob.bin", &noise(2 << 20, 5), 0o644)]);
-    let (st, t) = api
-        .post(
-            &format!("/v1/workspace-runs/{id}/archive-transfers"),
-            json!({"sizeBytes": archive.len(), "sha256": sha256(&archive), "partSizeBytes": 1 << 20}),
-        )
-        .await;
+    let (st, t) = api.open_transfer(id, &archive).await;
     assert_eq!(st, 201, "{t}");
     let tid = t["data"]["id"].as_str().unwrap().to_string();
     let url = t["data"]["uploadUrls"][0]["url"].as_str().unwrap();
