@@ -218,8 +218,26 @@ pub async fn list(State(state): State<AppState>, caller: Caller, Query(q): Query
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// Would the meter admit this run's sandbox now (plan limits, caps)?
-async fn admission_precheck(state: &AppState, run: &crownest_core::runs::Run) -> ApiResult<()> {
+/// Would the meter admit this run's sandbox now (plan limits, caps)? A
+/// refusal is audited as a denied start.
+async fn admission_precheck(state: &AppState, caller: &Caller, run: &crownest_core::runs::Run) -> ApiResult<()> {
+    let r = meter_admits(state, run).await;
+    if let Err(e) = &r {
+        caller
+            .audit(
+                state,
+                "workspace_runs:start",
+                Some(&run.id),
+                Some(&run.project_id),
+                "denied",
+                Some(e.message.clone()),
+            )
+            .await;
+    }
+    r
+}
+
+async fn meter_admits(state: &AppState, run: &crownest_core::runs::Run) -> ApiResult<()> {
     let m = &state.metering;
     if !m.enabled() {
         return Ok(());
@@ -264,17 +282,7 @@ pub async fn start(
     // Refused before anything starts, and not remembered under the
     // idempotency key: the same request may succeed once there is room.
     if run.status == RunStatus::AwaitingArchive && run.archive.is_some() && !run.cancel_requested {
-        if let Err(e) = admission_precheck(&state, &run).await {
-            caller
-                .audit(
-                    &state,
-                    "workspace_runs:start",
-                    Some(&id),
-                    Some(&run.project_id),
-                    "denied",
-                    Some(e.message.clone()),
-                )
-                .await;
+        if let Err(e) = admission_precheck(&state, &caller, &run).await {
             return e.into_response();
         }
     }
@@ -321,17 +329,7 @@ pub(crate) async fn auto_start(state: &AppState, caller: &Caller, run: crownest_
         v["autoStartError"] = json!({"code": e.code, "message": e.message});
         v
     };
-    if let Err(e) = admission_precheck(state, &run).await {
-        caller
-            .audit(
-                state,
-                "workspace_runs:start",
-                Some(&run.id),
-                Some(&run.project_id),
-                "denied",
-                Some(e.message.clone()),
-            )
-            .await;
+    if let Err(e) = admission_precheck(state, caller, &run).await {
         return refused(&run, e);
     }
     match queue(state, caller, &run.id).await {
