@@ -41,43 +41,47 @@ pub fn run(r: &Run) -> Value {
     })
 }
 
+/// The stored content of an output event (`None` for other events and
+/// empty chunks).
+fn content(data_dir: &Path, run_id: &str, e: &Event) -> Option<std::io::Result<Vec<u8>>> {
+    let len = e.data["bytes"].as_u64().unwrap_or(0);
+    if !e.kind.is_output() || len == 0 {
+        return None;
+    }
+    let offset = e.data["offset"].as_u64().unwrap_or(0);
+    Some(output::read_chunk(data_dir, run_id, e.kind.as_str(), offset, len))
+}
+
 /// An event as clients see it: the stored record plus, for output events,
 /// the content (`text` when it is valid UTF-8, else `base64`).
 pub fn event(data_dir: &Path, run_id: &str, e: &Event) -> Value {
+    event_with(run_id, e, content(data_dir, run_id, e))
+}
+
+fn event_with(run_id: &str, e: &Event, content: Option<std::io::Result<Vec<u8>>>) -> Value {
     let mut data = e.data.clone();
-    if e.kind.is_output() {
-        let len = data["bytes"].as_u64().unwrap_or(0);
-        if len > 0 {
-            let offset = data["offset"].as_u64().unwrap_or(0);
-            match output::read_chunk(data_dir, run_id, e.kind.as_str(), offset, len) {
-                Ok(bytes) => match String::from_utf8(bytes) {
-                    Ok(text) => data["text"] = Value::String(text),
-                    Err(e) => {
-                        data["base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(e.into_bytes()))
-                    }
-                },
-                Err(err) => data["error"] = Value::String(format!("output log unreadable: {err}")),
-            }
-        }
+    match content {
+        None => {}
+        Some(Ok(bytes)) => match String::from_utf8(bytes) {
+            Ok(text) => data["text"] = Value::String(text),
+            Err(e) => data["base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(e.into_bytes())),
+        },
+        Some(Err(err)) => data["error"] = Value::String(format!("output log unreadable: {err}")),
     }
     json!({ "runId": run_id, "seq": e.seq, "type": e.kind.as_str(), "at": rfc3339(e.at_ms), "data": data })
 }
 
 /// [`event`] as JSON text, for streaming: an output chunk that is UTF-8 is
-/// read from the log and escaped straight into the text, without an
+/// escaped straight from the log read into the text, without an
 /// intermediate `Value` (a chunk is up to 4 MiB).
 pub fn event_text(data_dir: &Path, run_id: &str, e: &Event) -> String {
-    let len = e.data["bytes"].as_u64().unwrap_or(0);
-    if !e.kind.is_output() || len == 0 {
-        return serde_json::to_string(&event(data_dir, run_id, e)).unwrap_or_default();
-    }
-    let offset = e.data["offset"].as_u64().unwrap_or(0);
-    let bytes = match output::read_chunk(data_dir, run_id, e.kind.as_str(), offset, len) {
-        Ok(b) => b,
-        Err(_) => return serde_json::to_string(&event(data_dir, run_id, e)).unwrap_or_default(),
-    };
-    let Ok(text) = std::str::from_utf8(&bytes) else {
-        return serde_json::to_string(&event(data_dir, run_id, e)).unwrap_or_default();
+    let as_value = |content| serde_json::to_string(&event_with(run_id, e, content)).unwrap_or_default();
+    let text = match content(data_dir, run_id, e) {
+        Some(Ok(bytes)) => match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(not_utf8) => return as_value(Some(Ok(not_utf8.into_bytes()))),
+        },
+        other => return as_value(other),
     };
     let head = json!({ "runId": run_id, "seq": e.seq, "type": e.kind.as_str(), "at": rfc3339(e.at_ms) });
     let head = serde_json::to_string(&head).unwrap_or_default();
@@ -93,7 +97,7 @@ pub fn event_text(data_dir: &Path, run_id: &str, e: &Event) -> String {
         _ => out.push('{'),
     }
     out.push_str("\"text\":");
-    crate::json_text::push_str_literal(&mut out, text);
+    crate::json_text::push_str_literal(&mut out, &text);
     out.push_str("}}");
     out
 }

@@ -100,7 +100,7 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
                         Err(_) => return,
                     }
                 } else {
-                    serialize(&views::event(state.store.dir(), &run_id, e))
+                    views::event_text(state.store.dir(), &run_id, e)
                 };
                 let ev = SseEvent::default().id(e.seq.to_string()).event(e.kind.as_str()).data(body);
                 if tx.send(ev).await.is_err() {
@@ -131,13 +131,6 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
             }
         }
     })
-}
-
-/// JSON text of a value, written straight into a `String` (`Value`'s
-/// `Display` goes through a formatter per escaped run, several times slower
-/// on output text).
-fn serialize(v: &serde_json::Value) -> String {
-    serde_json::to_string(v).unwrap_or_default()
 }
 
 /// A stream fed by an async task through a bounded channel.
