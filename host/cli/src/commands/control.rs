@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::commands::plugins::print_table;
-use crate::commands::workspace_runs::fail;
+use crate::commands::workspace_runs::{fail, report};
 use crate::context::{self, Context};
 
 #[derive(Subcommand)]
@@ -128,22 +128,14 @@ pub async fn keys(ctx: &Context, cmd: KeysCommand) -> Result<ExitCode> {
         KeysCommand::Create { project, scopes, expires_in, json } => {
             let expires = expires_in.as_deref().map(duration_secs).transpose()?;
             let body = json!({"projectId": project, "scopes": scopes, "expiresInSecs": expires});
-            match client.call(Method::POST, "/v1/keys", Some(&body), None).await {
-                Ok(k) if json => {
-                    println!("{}", json!({ "data": k }));
-                    ExitCode::SUCCESS
-                }
-                Ok(k) => {
-                    eprintln!(
-                        "created {} ({}); the key is shown once:",
-                        text(&k["id"]),
-                        text(&k["scopes"]).replace(',', " ")
-                    );
-                    println!("{}", text(&k["key"]));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&e),
-            }
+            report(client.call(Method::POST, "/v1/keys", Some(&body), None).await, json, |k| {
+                eprintln!(
+                    "created {} ({}); the key is shown once:",
+                    text(&k["id"]),
+                    text(&k["scopes"]).replace(',', " ")
+                );
+                println!("{}", text(&k["key"]));
+            })
         }
         KeysCommand::List { json } => match client.get("/v1/keys").await {
             Ok(page) => {
@@ -158,17 +150,9 @@ pub async fn keys(ctx: &Context, cmd: KeysCommand) -> Result<ExitCode> {
             Err(e) => fail(&e),
         },
         KeysCommand::Revoke { key_id, json } => {
-            match client.call(Method::POST, &format!("/v1/keys/{key_id}/revoke"), None, None).await {
-                Ok(k) if json => {
-                    println!("{}", json!({ "data": k }));
-                    ExitCode::SUCCESS
-                }
-                Ok(k) => {
-                    println!("revoked {} at {}", text(&k["id"]), text(&k["revokedAt"]));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&e),
-            }
+            report(client.call(Method::POST, &format!("/v1/keys/{key_id}/revoke"), None, None).await, json, |k| {
+                println!("revoked {} at {}", text(&k["id"]), text(&k["revokedAt"]));
+            })
         }
     })
 }
@@ -177,17 +161,9 @@ pub async fn projects(ctx: &Context, cmd: ProjectsCommand) -> Result<ExitCode> {
     Ok(match cmd {
         ProjectsCommand::Create { name, json } => {
             let client = context::admin_client(ctx)?;
-            match client.call(Method::POST, "/v1/projects", Some(&json!({"name": name})), None).await {
-                Ok(p) if json => {
-                    println!("{}", json!({ "data": p }));
-                    ExitCode::SUCCESS
-                }
-                Ok(p) => {
-                    println!("created project {} ({})", text(&p["name"]), text(&p["id"]));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&e),
-            }
+            report(client.call(Method::POST, "/v1/projects", Some(&json!({"name": name})), None).await, json, |p| {
+                println!("created project {} ({})", text(&p["name"]), text(&p["id"]));
+            })
         }
         ProjectsCommand::List { json } => {
             // The admin credential when this machine has it, else the API key.
@@ -233,32 +209,24 @@ pub async fn usage(
 ) -> Result<ExitCode> {
     let client = context::client(ctx)?;
     let path = format!("/v1/usage{}", query(&[("projectId", project), ("from", from), ("to", to)]));
-    Ok(match client.get(&path).await {
-        Ok(u) if json => {
-            println!("{}", json!({ "data": u }));
-            ExitCode::SUCCESS
-        }
-        Ok(u) => {
-            let items = u["items"].as_array().cloned().unwrap_or_default();
-            table(
-                &items,
-                &[
-                    ("BUCKET", "bucket"),
-                    ("PROJECT", "projectId"),
-                    ("PRICING", "pricingVersion"),
-                    ("COMPUTE_UNIT_SECONDS", "computeUnitSeconds"),
-                    ("USD", "amountUsd"),
-                ],
-            );
-            println!(
-                "total: {} compute_unit_seconds, ${}",
-                text(&u["totals"]["computeUnitSeconds"]),
-                text(&u["totals"]["amountUsd"])
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(&e),
-    })
+    Ok(report(client.get(&path).await, json, |u| {
+        let items = u["items"].as_array().cloned().unwrap_or_default();
+        table(
+            &items,
+            &[
+                ("BUCKET", "bucket"),
+                ("PROJECT", "projectId"),
+                ("PRICING", "pricingVersion"),
+                ("COMPUTE_UNIT_SECONDS", "computeUnitSeconds"),
+                ("USD", "amountUsd"),
+            ],
+        );
+        println!(
+            "total: {} compute_unit_seconds, ${}",
+            text(&u["totals"]["computeUnitSeconds"]),
+            text(&u["totals"]["amountUsd"])
+        );
+    }))
 }
 
 pub async fn audit(ctx: &Context, cmd: AuditCommand) -> Result<ExitCode> {

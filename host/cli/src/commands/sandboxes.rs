@@ -5,9 +5,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Subcommand;
 use reqwest::Method;
-use serde_json::json;
 
-use crate::commands::workspace_runs::fail;
+use crate::commands::workspace_runs::report;
 use crate::context::{self, Context};
 
 #[derive(Subcommand)]
@@ -23,15 +22,7 @@ pub enum Command {
 pub async fn run(ctx: &Context, cmd: Command) -> Result<ExitCode> {
     let Command::Kill { sandbox_id, json } = cmd;
     let client = context::client(ctx)?;
-    Ok(match client.call(Method::POST, &format!("/v1/sandboxes/{sandbox_id}/kill"), None, None).await {
-        Ok(v) if json => {
-            println!("{}", json!({ "data": v }));
-            ExitCode::SUCCESS
-        }
-        Ok(v) => {
-            println!("{} destroyed ({})", sandbox_id, v["reason"].as_str().unwrap_or(""));
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(&e),
-    })
+    Ok(report(client.call(Method::POST, &format!("/v1/sandboxes/{sandbox_id}/kill"), None, None).await, json, |v| {
+        println!("{} destroyed ({})", sandbox_id, v["reason"].as_str().unwrap_or(""));
+    }))
 }

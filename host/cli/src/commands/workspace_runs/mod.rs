@@ -230,7 +230,9 @@ fn shell_join(args: &[String]) -> String {
 
 /// Print a successful result as `{ "data": ... }` (with `--json`) or for
 /// people; print a refusal as the API's code and message.
-fn report(result: std::result::Result<Value, ClientError>, json: bool, human: impl FnOnce(&Value)) -> ExitCode {
+/// The result of an API call: its `{ "data": … }` envelope with `--json`,
+/// else `human`'s rendering; an error prints the API's code and message.
+pub fn report(result: std::result::Result<Value, ClientError>, json: bool, human: impl FnOnce(&Value)) -> ExitCode {
     match result {
         Ok(r) => {
             if json {
