@@ -17,6 +17,19 @@ use crate::wasi::io::streams::{InputStream, StreamError};
 /// Signed URLs are used right away; this only bounds clock skew.
 const SIGN_FOR: Duration = Duration::from_secs(900);
 
+/// What the host hashed while the body streamed through must be what the
+/// caller declared, before the object is committed.
+fn check_declared(hasher: &digest::Hasher, size: u64, sha256: &str) -> Result<(), Error> {
+    let d = hasher.finish();
+    if d.size != size {
+        return Err(Error::Invalid(format!("size mismatch: declared {size} bytes, received {}", d.size)));
+    }
+    if d.sha256 != sha256 {
+        return Err(Error::Invalid(format!("sha256 mismatch: declared {sha256}, received {}", d.sha256)));
+    }
+    Ok(())
+}
+
 pub struct Store {
     cfg: S3Config,
     bucket: Bucket,
@@ -131,13 +144,7 @@ impl Store {
         if size <= self.cfg.part_size {
             let data = read_up_to(&stream, size + 1)?;
             drop(stream);
-            let d = hasher.finish();
-            if d.size != size {
-                return Err(Error::Invalid(format!("size mismatch: declared {size} bytes, received {}", d.size)));
-            }
-            if d.sha256 != sha256 {
-                return Err(Error::Invalid(format!("sha256 mismatch: declared {sha256}, received {}", d.sha256)));
-            }
+            check_declared(&hasher, size, sha256)?;
             let what = format!("PUT {object}");
             self.send(
                 &what,
@@ -258,13 +265,7 @@ impl Store {
                 .to_string();
             etags.push(etag);
         }
-        let d = hasher.finish();
-        if d.size != size {
-            return Err(Error::Invalid(format!("size mismatch: declared {size} bytes, received {}", d.size)));
-        }
-        if d.sha256 != sha256 {
-            return Err(Error::Invalid(format!("sha256 mismatch: declared {sha256}, received {}", d.sha256)));
-        }
+        check_declared(hasher, size, sha256)?;
         let what = format!("complete multipart upload {object}");
         let r = self.send(
             &what,
