@@ -25,7 +25,7 @@ use crate::limits::Limits;
 use crate::paths;
 use crate::process::ProcessTree;
 use crate::spec::{Mount, SpawnSpec};
-use crate::warm::{self, Standby, WarmPool};
+use crate::warm::{self, Standby};
 
 /// Errors of cell operations, by what the caller can do about them.
 #[derive(Debug, thiserror::Error)]
@@ -135,9 +135,6 @@ impl Cell {
                 }
                 Err((standby, e)) => {
                     tracing::warn!(sandbox_id = id, "cannot adopt a standby sandbox, creating one: {e}");
-                    if let Some(s) = standby.take_standby() {
-                        WarmPool::retire(s);
-                    }
                     let _ = standby.destroy();
                 }
             }
@@ -445,7 +442,7 @@ impl Cell {
                 }
                 Err(standby) => {
                     tracing::debug!(sandbox_id = self.id(), "the standby cannot run this spec; starting cold");
-                    WarmPool::retire(standby);
+                    standby.retire();
                 }
             }
         }

@@ -47,6 +47,18 @@ pub(crate) struct Standby {
     pub key: String,
 }
 
+impl Standby {
+    /// Kill this unclaimed standby and wait until it is gone: its reaper
+    /// drains the cgroup, so a cold spawn in the same cell must come after.
+    pub(crate) fn retire(self) {
+        self.spawned.tree.kill_tree();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.spawned.tree.try_wait().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(250));
+        }
+    }
+}
+
 /// What must match between a standby and a spawn: everything bubblewrap
 /// sets up before the first process starts.
 pub(crate) fn shape_key(spec: &SpawnSpec) -> String {
@@ -304,16 +316,6 @@ impl WarmPool {
     /// Standbys ready to be adopted.
     pub(crate) fn ready(&self) -> usize {
         self.lock().values().map(|s| s.ready.len()).sum()
-    }
-
-    /// Wait for `cell`'s unclaimed standby to be gone (before a cold spawn
-    /// in the same cgroup: the standby's reaper drains the cgroup).
-    pub(crate) fn retire(standby: Standby) {
-        standby.spawned.tree.kill_tree();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while standby.spawned.tree.try_wait().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_micros(250));
-        }
     }
 }
 
