@@ -13,6 +13,8 @@ pub struct EventStream {
     after: u64,
     body: Option<futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>>,
     buf: Vec<u8>,
+    /// Where the unconsumed part of `buf` starts.
+    start: usize,
     /// How far `buf` has been searched for a blank line (each byte once).
     scanned: usize,
     done: bool,
@@ -21,7 +23,17 @@ pub struct EventStream {
 
 impl EventStream {
     pub(crate) fn new(client: Client, run_id: String, after: u64) -> Self {
-        EventStream { client, run_id, after, body: None, buf: Vec::new(), scanned: 0, done: false, reconnects: 0 }
+        EventStream {
+            client,
+            run_id,
+            after,
+            body: None,
+            buf: Vec::new(),
+            start: 0,
+            scanned: 0,
+            done: false,
+            reconnects: 0,
+        }
     }
 
     /// The highest seq delivered so far.
@@ -35,11 +47,16 @@ impl EventStream {
             if self.done {
                 return Ok(None);
             }
-            match find_blank_line(&self.buf, self.scanned) {
+            match find_blank_line(&self.buf, self.scanned.max(self.start)) {
                 Ok((pos, len)) => {
-                    let block: Vec<u8> = self.buf.drain(..pos + len).take(pos).collect();
-                    self.scanned = 0;
-                    if let Some(ev) = self.parse(&block)? {
+                    // Parsed in place: an output event can be megabytes.
+                    let (from, end) = (self.start, pos + len);
+                    self.start = end;
+                    self.scanned = end;
+                    let block = std::mem::take(&mut self.buf);
+                    let parsed = self.parse(&block[from..pos]);
+                    self.buf = block;
+                    if let Some(ev) = parsed? {
                         return Ok(Some(ev));
                     }
                     continue;
@@ -50,10 +67,20 @@ impl EventStream {
                 let resp = self.client.open_sse(&self.run_id, self.after).await?;
                 self.body = Some(resp.bytes_stream().boxed());
                 self.buf.clear();
+                self.start = 0;
                 self.scanned = 0;
             }
             match self.body.as_mut().expect("opened above").next().await {
-                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                Some(Ok(chunk)) => {
+                    // Drop what was consumed before growing the buffer, so
+                    // it holds at most one event plus one network chunk.
+                    if self.start > 0 {
+                        self.buf.drain(..self.start);
+                        self.scanned -= self.start.min(self.scanned);
+                        self.start = 0;
+                    }
+                    self.buf.extend_from_slice(&chunk)
+                }
                 Some(Err(_)) | None => {
                     // Dropped before `terminal`: resume after the last seq.
                     self.body = None;
@@ -68,26 +95,40 @@ impl EventStream {
     }
 
     fn parse(&mut self, block: &[u8]) -> Result<Option<Value>> {
-        let text = String::from_utf8_lossy(block);
-        let (mut kind, mut data, mut id) = (String::new(), String::new(), None);
-        for line in text.lines() {
-            if let Some(v) = line.strip_prefix("event:") {
-                kind = v.trim().to_string();
-            } else if let Some(v) = line.strip_prefix("data:") {
-                if !data.is_empty() {
-                    data.push('\n');
+        let (mut kind, mut id): (&[u8], Option<u64>) = (b"", None);
+        // One `data:` line (what CrowNest sends) is parsed where it lies;
+        // several are joined with newlines, as the SSE format says.
+        let (mut data, mut joined): (Option<&[u8]>, Option<Vec<u8>>) = (None, None);
+        for line in block.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Some(v) = line.strip_prefix(b"event:") {
+                kind = v.trim_ascii();
+            } else if let Some(v) = line.strip_prefix(b"data:") {
+                let v = v.strip_prefix(b" ").unwrap_or(v);
+                match (data, joined.as_mut()) {
+                    (None, _) => data = Some(v),
+                    (Some(first), None) => {
+                        let mut all = first.to_vec();
+                        all.push(b'\n');
+                        all.extend_from_slice(v);
+                        joined = Some(all);
+                    }
+                    (Some(_), Some(all)) => {
+                        all.push(b'\n');
+                        all.extend_from_slice(v);
+                    }
                 }
-                data.push_str(v.strip_prefix(' ').unwrap_or(v));
-            } else if let Some(v) = line.strip_prefix("id:") {
-                id = v.trim().parse::<u64>().ok();
+            } else if let Some(v) = line.strip_prefix(b"id:") {
+                id = std::str::from_utf8(v).ok().and_then(|v| v.trim().parse::<u64>().ok());
             }
         }
-        if kind == "heartbeat" || data.is_empty() {
+        let data = joined.as_deref().or(data).unwrap_or_default();
+        if kind == b"heartbeat" || data.is_empty() {
             return Ok(None);
         }
         let value: Value =
-            serde_json::from_str(&data).map_err(|e| ClientError::Other(format!("bad event data: {e}")))?;
-        if kind == "error" && id.is_none() {
+            serde_json::from_slice(data).map_err(|e| ClientError::Other(format!("bad event data: {e}")))?;
+        if kind == b"error" && id.is_none() {
             return Err(ClientError::Other(format!("the event stream failed: {}", value["message"])));
         }
         if let Some(seq) = id {
@@ -96,7 +137,7 @@ impl EventStream {
             }
             self.after = seq;
         }
-        if kind == "terminal" {
+        if kind == b"terminal" {
             self.done = true;
         }
         Ok(Some(value))
@@ -109,7 +150,7 @@ impl EventStream {
 /// per network chunk).
 pub(crate) fn find_blank_line(buf: &[u8], from: usize) -> std::result::Result<(usize, usize), usize> {
     let mut i = from;
-    while let Some(off) = buf.get(i..).and_then(|rest| rest.iter().position(|&b| b == b'\n')) {
+    while let Some(off) = buf.get(i..).and_then(|rest| memchr::memchr(b'\n', rest)) {
         let p = i + off;
         match buf.get(p + 1) {
             None => return Err(p),
