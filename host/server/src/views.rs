@@ -5,8 +5,8 @@ use std::path::Path;
 use base64::Engine as _;
 use crownest_core::runs::ids::rfc3339;
 use crownest_core::runs::model::{Event, Run};
-use crownest_core::runs::output;
 use crownest_core::runs::store::{ArtifactRecord, Transfer};
+use crownest_core::runs::{output, output_log};
 use serde_json::{Value, json};
 
 fn ts(ms: Option<u64>) -> Value {
@@ -71,22 +71,30 @@ fn event_with(run_id: &str, e: &Event, content: Option<std::io::Result<Vec<u8>>>
     json!({ "runId": run_id, "seq": e.seq, "type": e.kind.as_str(), "at": rfc3339(e.at_ms), "data": data })
 }
 
-/// [`event`] as JSON text, for streaming: an output chunk that is UTF-8 is
-/// escaped straight from the log read into the text, without an
-/// intermediate `Value` (a chunk is up to 4 MiB).
-pub fn event_text(data_dir: &Path, run_id: &str, e: &Event) -> String {
-    let as_value = |content| serde_json::to_string(&event_with(run_id, e, content)).unwrap_or_default();
-    let text = match content(data_dir, run_id, e) {
-        Some(Ok(bytes)) => match String::from_utf8(bytes) {
+/// Append [`event`] as JSON text to `out`, for streaming: an output chunk
+/// that is UTF-8 is read into `scratch` (reused from one event to the next)
+/// and escaped from there straight into `out`, without an intermediate
+/// copy or `Value` (a chunk is up to 4 MiB).
+pub fn push_event_text(out: &mut String, data_dir: &Path, run_id: &str, e: &Event, scratch: &mut output_log::ReadBuf) {
+    let as_value = |out: &mut String, content| {
+        out.push_str(&serde_json::to_string(&event_with(run_id, e, content)).unwrap_or_default())
+    };
+    let len = e.data["bytes"].as_u64().unwrap_or(0);
+    if !e.kind.is_output() || len == 0 {
+        return as_value(out, None);
+    }
+    let offset = e.data["offset"].as_u64().unwrap_or(0);
+    let text = match output::read_chunk_into(data_dir, run_id, e.kind.as_str(), offset, len, scratch) {
+        Ok(bytes) => match std::str::from_utf8(bytes) {
             Ok(text) => text,
-            Err(not_utf8) => return as_value(Some(Ok(not_utf8.into_bytes()))),
+            Err(_) => return as_value(out, Some(Ok(bytes.to_vec()))),
         },
-        other => return as_value(other),
+        Err(err) => return as_value(out, Some(Err(err))),
     };
     let head = json!({ "runId": run_id, "seq": e.seq, "type": e.kind.as_str(), "at": rfc3339(e.at_ms) });
     let head = serde_json::to_string(&head).unwrap_or_default();
     let data = serde_json::to_string(&e.data).unwrap_or_default();
-    let mut out = String::with_capacity(head.len() + data.len() + text.len() + text.len() / 16 + 32);
+    out.reserve(head.len() + data.len() + text.len() + text.len() / 8 + 32);
     out.push_str(head.strip_suffix('}').unwrap_or(&head));
     out.push_str(",\"data\":");
     match data.strip_suffix('}') {
@@ -97,9 +105,8 @@ pub fn event_text(data_dir: &Path, run_id: &str, e: &Event) -> String {
         _ => out.push('{'),
     }
     out.push_str("\"text\":");
-    crate::json_text::push_str_literal(&mut out, &text);
+    crate::json_text::push_str_literal(out, text);
     out.push_str("}}");
-    out
 }
 
 pub fn artifact(a: &ArtifactRecord) -> Value {
@@ -177,8 +184,13 @@ mod tests {
     use super::*;
     use crownest_core::runs::model::EventType;
 
-    /// The streamed text of an output event is the same JSON as the
-    /// event's `Value` view.
+    fn event_text(dir: &Path, run_id: &str, e: &Event, scratch: &mut output_log::ReadBuf) -> String {
+        let mut out = String::new();
+        push_event_text(&mut out, dir, run_id, e, scratch);
+        out
+    }
+
+    /// The streamed text of an event is the same JSON as its `Value` view.
     #[test]
     fn event_text_is_the_event_view() {
         let dir = tempfile::tempdir().unwrap();
@@ -192,13 +204,22 @@ mod tests {
             at_ms: 1_700_000_000_000,
             data: json!({"offset": 4, "bytes": content.len(), "streamSha256": "ab"}),
         };
-        let text: Value = serde_json::from_str(&event_text(dir.path(), "wsr_1", &e)).unwrap();
+        let mut scratch = output_log::ReadBuf::default();
+        let text: Value = serde_json::from_str(&event_text(dir.path(), "wsr_1", &e, &mut scratch)).unwrap();
         assert_eq!(text, event(dir.path(), "wsr_1", &e));
         assert_eq!(text["data"]["text"], content);
+        // The scratch buffer, now holding a longer chunk, serves a shorter one.
+        let short = Event { data: json!({"offset": 4, "bytes": 5}), ..e.clone() };
+        let text: Value = serde_json::from_str(&event_text(dir.path(), "wsr_1", &short, &mut scratch)).unwrap();
+        assert_eq!(text["data"]["text"], "héll");
         // Not UTF-8: the base64 form, as before.
         std::fs::write(&log, b"skip\xff\xfe").unwrap();
         let e = Event { data: json!({"offset": 4, "bytes": 2}), ..e };
-        let text: Value = serde_json::from_str(&event_text(dir.path(), "wsr_1", &e)).unwrap();
+        let text: Value = serde_json::from_str(&event_text(dir.path(), "wsr_1", &e, &mut scratch)).unwrap();
         assert_eq!(text["data"]["base64"], "//4=");
+        // Other events are their `Value` view.
+        let status = Event { kind: EventType::Status, data: json!({"status": "running"}), ..e };
+        let text: Value = serde_json::from_str(&event_text(dir.path(), "wsr_1", &status, &mut scratch)).unwrap();
+        assert_eq!(text, event(dir.path(), "wsr_1", &status));
     }
 }

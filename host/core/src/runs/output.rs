@@ -52,6 +52,18 @@ pub fn read_chunk(data_dir: &Path, run_id: &str, stream: &str, offset: u64, len:
     output_log::read_at(&log_path(data_dir, run_id, stream), offset, len)
 }
 
+/// [`read_chunk`] into a buffer the caller reuses from one chunk to the next.
+pub fn read_chunk_into<'a>(
+    data_dir: &Path,
+    run_id: &str,
+    stream: &str,
+    offset: u64,
+    len: u64,
+    buf: &'a mut output_log::ReadBuf,
+) -> std::io::Result<&'a [u8]> {
+    output_log::read_into(&log_path(data_dir, run_id, stream), offset, len, buf)
+}
+
 struct Sink {
     store: Store,
     hub: Arc<EventHub>,
@@ -65,12 +77,19 @@ struct Sink {
     cap_announced: bool,
 }
 
+/// The events that record one stored chunk.
+type ChunkEvents = Vec<(EventType, serde_json::Value)>;
+
 impl Sink {
-    /// Hash, store and record one chunk. The hashing and the file work run
-    /// on the blocking pool, never on a runtime thread.
-    async fn flush(&mut self, chunk: Vec<u8>) -> std::io::Result<()> {
+    /// Hash and durably store one chunk; returns the events that record it.
+    /// The hashing and the file work run off the runtime threads, side by
+    /// side: hashing is CPU work and the durable write mostly waits on the
+    /// disk.
+    /// The chunk's buffer comes back, emptied, for the next read.
+    async fn store(&mut self, chunk: Vec<u8>) -> std::io::Result<(ChunkEvents, Vec<u8>)> {
+        let mut events = Vec::new();
         if chunk.is_empty() {
-            return Ok(());
+            return Ok((events, chunk));
         }
         self.stats.bytes += chunk.len() as u64;
         let chunk_len = chunk.len();
@@ -80,28 +99,35 @@ impl Sink {
         let mut hasher = std::mem::take(&mut self.hasher);
         let mut log = self.log.take();
         let path = self.path.clone();
-        let (hasher, log, digest) = tokio::task::spawn_blocking(move || {
+        let (hasher, log, digest, mut chunk) = tokio::task::spawn_blocking(move || {
             let (keep, rest) = chunk.split_at(keep_len);
-            hasher.update(keep);
-            let mut digest = None;
-            if keep_len > 0 {
-                if log.is_none() {
-                    if let Some(dir) = path.parent() {
-                        std::fs::create_dir_all(dir)?;
-                    }
-                    log = Some(LogWriter::create(&path)?);
+            if keep_len > 0 && log.is_none() {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
                 }
-                log.as_mut().expect("opened above").append(keep)?;
-                digest = Some(hex::encode(hasher.clone().finalize()));
+                log = Some(LogWriter::create(&path)?);
             }
-            hasher.update(rest);
-            Ok::<_, std::io::Error>((hasher, log, digest))
+            let digest = std::thread::scope(|s| {
+                let hashing = s.spawn(|| {
+                    hasher.update(keep);
+                    let digest = (keep_len > 0).then(|| hex::encode(hasher.clone().finalize()));
+                    hasher.update(rest);
+                    digest
+                });
+                let written = match log.as_mut() {
+                    Some(log) if keep_len > 0 => log.append(keep),
+                    _ => Ok(()),
+                };
+                let digest = hashing.join().map_err(|_| std::io::Error::other("output hashing panicked"))?;
+                written.map(|()| digest)
+            })?;
+            Ok::<_, std::io::Error>((hasher, log, digest, chunk))
         })
         .await
         .map_err(std::io::Error::other)??;
         self.hasher = hasher;
         self.log = log;
-        let mut events = Vec::new();
+        chunk.clear();
         if let Some(sha) = digest {
             self.stats.stored_bytes += keep_len as u64;
             events.push((self.kind, json!({ "offset": offset, "bytes": keep_len, "streamSha256": sha })));
@@ -120,21 +146,33 @@ impl Sink {
                 }),
             ));
         }
-        if !events.is_empty() {
-            let stored = self.store.append_events(self.run_id.clone(), events).await.map_err(std::io::Error::other)?;
-            if let Some(last) = stored.last() {
-                self.hub.notify(&self.run_id, last.seq);
-            }
-        }
-        Ok(())
+        Ok((events, chunk))
     }
+}
+
+/// Record stored chunks as events, in order, and wake live readers.
+async fn record(
+    store: Store,
+    hub: Arc<EventHub>,
+    run_id: String,
+    mut stored: tokio::sync::mpsc::Receiver<ChunkEvents>,
+) -> std::io::Result<()> {
+    while let Some(events) = stored.recv().await {
+        if events.is_empty() {
+            continue;
+        }
+        let recorded = store.append_events(run_id.clone(), events).await.map_err(std::io::Error::other)?;
+        if let Some(last) = recorded.last() {
+            hub.notify(&run_id, last.seq);
+        }
+    }
+    Ok(())
 }
 
 /// Capture one stream until end-of-file; returns its totals.
 ///
-/// Reading and flushing are pipelined: while one chunk is hashed, written,
-/// made durable and recorded (on another task), the next one is read, so the
-/// command never waits on the disk for more than two chunks.
+/// Reading, storing and recording are pipelined, so the command never waits
+/// on the disk for more than two chunks.
 pub async fn capture(
     store: Store,
     hub: Arc<EventHub>,
@@ -157,11 +195,26 @@ pub async fn capture(
         cap: settings.cap_bytes,
         cap_announced: false,
     };
+    // Three stages, each its own task: reading the pipe, storing a chunk
+    // (hash + durable write), recording it as an event. A chunk becomes an
+    // event only once it is durable, and in order; while one is recorded
+    // the next is stored and the one after that read.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+    let (stored_tx, stored_rx) = tokio::sync::mpsc::channel::<ChunkEvents>(1);
+    let recorder = tokio::spawn(record(sink.store.clone(), sink.hub.clone(), sink.run_id.clone(), stored_rx));
+    // Chunk buffers go back to the reader: a fresh 4 MiB buffer per chunk
+    // costs a page fault per 4 KiB as the pipe's bytes are copied in.
+    let (recycle_tx, mut recycle_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
     let flusher = tokio::spawn(async move {
         while let Some(chunk) = rx.recv().await {
-            sink.flush(chunk).await?;
+            let (events, emptied) = sink.store(chunk).await?;
+            let _ = recycle_tx.try_send(emptied);
+            if stored_tx.send(events).await.is_err() {
+                break;
+            }
         }
+        drop(stored_tx);
+        recorder.await.map_err(std::io::Error::other)??;
         if let Some(log) = sink.log.take() {
             tokio::task::spawn_blocking(move || log.finish()).await.map_err(std::io::Error::other)??;
         }
@@ -190,7 +243,8 @@ pub async fn capture(
             _ = flush_due => true,
         };
         if (full || eof) && !buf.is_empty() {
-            let chunk = std::mem::replace(&mut buf, Vec::with_capacity(settings.chunk_bytes));
+            let next = recycle_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(settings.chunk_bytes));
+            let chunk = std::mem::replace(&mut buf, next);
             if tx.send(chunk).await.is_err() {
                 break;
             }

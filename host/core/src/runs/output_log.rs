@@ -178,29 +178,46 @@ impl LogWriter {
     }
 }
 
+/// A reusable buffer for reading a log a chunk at a time: block-aligned for
+/// direct I/O, and kept between reads so a reader streaming a run's output
+/// does not allocate (and fault in) a fresh chunk-sized buffer per event.
+#[derive(Default)]
+pub struct ReadBuf {
+    buf: AlignedBuf,
+}
+
 /// Read `len` bytes at `offset` of the log at `path`, bypassing the page
 /// cache where the filesystem allows it.
 pub fn read_at(path: &Path, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+    read_into(path, offset, len, &mut ReadBuf::default()).map(<[u8]>::to_vec)
+}
+
+/// [`read_at`] into `buf`; returns the bytes read.
+pub fn read_into<'a>(path: &Path, offset: u64, len: u64, buf: &'a mut ReadBuf) -> io::Result<&'a [u8]> {
     let len = usize::try_from(len).map_err(io::Error::other)?;
-    match OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) {
-        Ok(f) => match read_direct(&f, offset, len) {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-            r => return r,
+    let direct = match OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) {
+        Ok(f) => match read_direct(&f, offset, len, &mut buf.buf) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => false,
+            Err(e) => return Err(e),
+            Ok(()) => true,
         },
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => false,
         Err(e) => return Err(e),
+    };
+    if direct {
+        let skip = (offset % BLOCK as u64) as usize;
+        return Ok(&buf.buf.slice(round_up(skip + len))[skip..skip + len]);
     }
     let f = File::open(path)?;
-    let mut out = vec![0u8; len];
-    f.read_exact_at(&mut out, offset)?;
+    let out = &mut buf.buf.slice(round_up(len))[..len];
+    f.read_exact_at(out, offset)?;
     Ok(out)
 }
 
-fn read_direct(f: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+fn read_direct(f: &File, offset: u64, len: usize, buf: &mut AlignedBuf) -> io::Result<()> {
     let start = offset - offset % BLOCK as u64;
     let skip = (offset - start) as usize;
     let want = round_up(skip + len);
-    let mut buf = AlignedBuf::default();
     let slice = buf.slice(want);
     let mut got = 0;
     while got < skip + len {
@@ -215,7 +232,7 @@ fn read_direct(f: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "output log is shorter than its events say"));
         }
     }
-    Ok(slice[skip..skip + len].to_vec())
+    Ok(())
 }
 
 #[cfg(test)]
@@ -260,5 +277,12 @@ mod tests {
             assert_eq!(read_at(&path, off, len).unwrap(), all[off as usize..(off + len) as usize]);
         }
         assert!(read_at(&path, all.len() as u64 - 5, 10).is_err(), "reading past the end is an error");
+        // One reused buffer serves reads of any size and alignment in turn,
+        // large after small and small after large.
+        let mut buf = ReadBuf::default();
+        for (off, len) in [(3u64, 10u64), (4097, 1_000_000), (1, 5), (0, all.len() as u64), (8191, 4098)] {
+            let got = read_into(&path, off, len, &mut buf).unwrap();
+            assert_eq!(got, &all[off as usize..(off + len) as usize], "read of {len} at {off}");
+        }
     }
 }

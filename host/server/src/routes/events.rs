@@ -6,14 +6,15 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event as SseEvent, Sse};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use crownest_core::runs::ids::{now_ms, rfc3339};
 use crownest_core::runs::model::EventType;
+use crownest_core::runs::output_log;
 use futures_util::stream::Stream;
 use serde_json::json;
 
@@ -50,7 +51,11 @@ pub async fn events(
         }
         if sse {
             let stream = live(state.clone(), id.clone(), after);
-            return Ok(Sse::new(stream).into_response());
+            return Ok((
+                [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")],
+                Body::from_stream(stream),
+            )
+                .into_response());
         }
         let limit = number(&q, "limit")?.unwrap_or(100).clamp(1, 1000) as u32;
         let evs = state.store.list_events(id.clone(), after, limit).await.map_err(ApiError::store)?;
@@ -69,41 +74,67 @@ pub async fn events(
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
-fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+/// One SSE frame: `id:` (when the event has a seq), `event:`, and the
+/// event's JSON as a single `data:` line (JSON text never holds a raw
+/// newline). `write_json` appends the JSON; the frame is built in one
+/// buffer and handed to the connection without another copy.
+fn frame(seq: Option<u64>, kind: &str, write_json: impl FnOnce(&mut String)) -> Bytes {
+    let mut out = String::new();
+    if let Some(seq) = seq {
+        out.push_str("id: ");
+        out.push_str(&seq.to_string());
+        out.push('\n');
+    }
+    out.push_str("event: ");
+    out.push_str(kind);
+    out.push_str("\ndata: ");
+    write_json(&mut out);
+    out.push_str("\n\n");
+    Bytes::from(out)
+}
+
+fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = Result<Bytes, Infallible>> {
     async_stream(move |tx| async move {
         let heartbeat = state.limits.heartbeat;
         let current = state.store.last_seq(run_id.clone()).await.unwrap_or(after);
         // Subscribe before reading, so no notification falls in between.
         let mut watch = state.executor.hub().subscribe(&run_id, current);
+        // Output chunks are read into this buffer, one after another.
+        let mut scratch = Some(output_log::ReadBuf::default());
         loop {
             let batch = match state.store.list_events(run_id.clone(), after, PAGE).await {
                 Ok(b) => b,
                 Err(e) => {
-                    let _ = tx
-                        .send(
-                            SseEvent::default()
-                                .event("error")
-                                .data(json!({"code": "internal", "message": e.to_string()}).to_string()),
-                        )
-                        .await;
+                    let body = json!({"code": "internal", "message": e.to_string()}).to_string();
+                    let _ = tx.send(frame(None, "error", |out| out.push_str(&body))).await;
                     return;
                 }
             };
             let mut ended = false;
             for e in batch.iter() {
-                let body = if e.kind.is_output() {
+                let (kind, seq) = (e.kind.as_str(), Some(e.seq));
+                let bytes = if e.kind.is_output() {
                     // Reading the chunk from the log and escaping it is file
                     // and CPU work: keep it off the runtime threads.
                     let (dir, id, ev) = (state.store.dir().to_path_buf(), run_id.clone(), e.clone());
-                    match tokio::task::spawn_blocking(move || views::event_text(&dir, &id, &ev)).await {
-                        Ok(b) => b,
+                    let mut buf = scratch.take().unwrap_or_default();
+                    match tokio::task::spawn_blocking(move || {
+                        let bytes = frame(seq, kind, |out| views::push_event_text(out, &dir, &id, &ev, &mut buf));
+                        (bytes, buf)
+                    })
+                    .await
+                    {
+                        Ok((bytes, buf)) => {
+                            scratch = Some(buf);
+                            bytes
+                        }
                         Err(_) => return,
                     }
                 } else {
-                    views::event_text(state.store.dir(), &run_id, e)
+                    let buf = scratch.get_or_insert_with(Default::default);
+                    frame(seq, kind, |out| views::push_event_text(out, state.store.dir(), &run_id, e, buf))
                 };
-                let ev = SseEvent::default().id(e.seq.to_string()).event(e.kind.as_str()).data(body);
-                if tx.send(ev).await.is_err() {
+                if tx.send(bytes).await.is_err() {
                     return;
                 }
                 after = e.seq;
@@ -123,8 +154,8 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
                     }
                 }
                 _ = tokio::time::sleep(heartbeat) => {
-                    let hb = SseEvent::default().event(EventType::Heartbeat.as_str()).data(json!({"at": rfc3339(now_ms()), "afterSeq": after}).to_string());
-                    if tx.send(hb).await.is_err() {
+                    let body = json!({"at": rfc3339(now_ms()), "afterSeq": after}).to_string();
+                    if tx.send(frame(None, EventType::Heartbeat.as_str(), |out| out.push_str(&body))).await.is_err() {
                         return;
                     }
                 }
@@ -134,9 +165,9 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
 }
 
 /// A stream fed by an async task through a bounded channel.
-fn async_stream<F, Fut>(f: F) -> impl Stream<Item = Result<SseEvent, Infallible>>
+fn async_stream<F, Fut>(f: F) -> impl Stream<Item = Result<Bytes, Infallible>>
 where
-    F: FnOnce(tokio::sync::mpsc::Sender<SseEvent>) -> Fut,
+    F: FnOnce(tokio::sync::mpsc::Sender<Bytes>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     // A few events in flight: output events hold up to a chunk each, and
@@ -145,6 +176,3 @@ where
     tokio::spawn(f(tx));
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) })
 }
-
-#[allow(dead_code)]
-fn _assert_duration(_: Duration) {}
