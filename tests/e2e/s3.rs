@@ -408,15 +408,17 @@ async fn abandoned_presigned_transfers_are_swept_from_the_bucket() {
     );
     let object = format!("sweep/transfers/{tid}/part-0");
     assert!(g.curl_get(&object).is_some());
-    let mut gone = false;
+    // The sweeper deletes the parts first and the record after them (so a
+    // failed delete is retried from the record): wait for both.
+    let (mut part_gone, mut status) = (false, 0);
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if g.curl_get(&object).is_none() {
-            gone = true;
+        part_gone = g.curl_get(&object).is_none();
+        status = api.get(&format!("/v1/workspace-runs/{id}/archive-transfers/{tid}")).await.0;
+        if part_gone && status == 404 {
             break;
         }
     }
-    assert!(gone, "the abandoned part is still in the bucket");
-    let (st, _) = api.get(&format!("/v1/workspace-runs/{id}/archive-transfers/{tid}")).await;
-    assert_eq!(st, 404);
+    assert!(part_gone, "the abandoned part is still in the bucket");
+    assert_eq!(status, 404, "the abandoned transfer is still listed");
 }
