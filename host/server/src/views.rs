@@ -41,21 +41,28 @@ pub fn run(r: &Run) -> Value {
     })
 }
 
-/// The stored content of an output event (`None` for other events and
-/// empty chunks).
-fn content(data_dir: &Path, run_id: &str, e: &Event) -> Option<std::io::Result<Vec<u8>>> {
+/// The stored content of an output event, read into `scratch` (`None` for
+/// other events and empty chunks).
+fn content<'a>(
+    data_dir: &Path,
+    run_id: &str,
+    e: &Event,
+    scratch: &'a mut output_log::ReadBuf,
+) -> Option<std::io::Result<&'a [u8]>> {
     let len = e.data["bytes"].as_u64().unwrap_or(0);
     if !e.kind.is_output() || len == 0 {
         return None;
     }
     let offset = e.data["offset"].as_u64().unwrap_or(0);
-    Some(output::read_chunk(data_dir, run_id, e.kind.as_str(), offset, len))
+    Some(output::read_chunk(data_dir, run_id, e.kind.as_str(), offset, len, scratch))
 }
 
 /// An event as clients see it: the stored record plus, for output events,
 /// the content (`text` when it is valid UTF-8, else `base64`).
 pub fn event(data_dir: &Path, run_id: &str, e: &Event) -> Value {
-    event_with(run_id, e, content(data_dir, run_id, e))
+    let mut scratch = output_log::ReadBuf::default();
+    let content = content(data_dir, run_id, e, &mut scratch).map(|read| read.map(<[u8]>::to_vec));
+    event_with(run_id, e, content)
 }
 
 fn event_with(run_id: &str, e: &Event, content: Option<std::io::Result<Vec<u8>>>) -> Value {
@@ -79,17 +86,13 @@ pub fn push_event_text(out: &mut String, data_dir: &Path, run_id: &str, e: &Even
     let as_value = |out: &mut String, content| {
         out.push_str(&serde_json::to_string(&event_with(run_id, e, content)).unwrap_or_default())
     };
-    let len = e.data["bytes"].as_u64().unwrap_or(0);
-    if !e.kind.is_output() || len == 0 {
-        return as_value(out, None);
-    }
-    let offset = e.data["offset"].as_u64().unwrap_or(0);
-    let text = match output::read_chunk_into(data_dir, run_id, e.kind.as_str(), offset, len, scratch) {
-        Ok(bytes) => match std::str::from_utf8(bytes) {
+    let text = match content(data_dir, run_id, e, scratch) {
+        None => return as_value(out, None),
+        Some(Ok(bytes)) => match std::str::from_utf8(bytes) {
             Ok(text) => text,
             Err(_) => return as_value(out, Some(Ok(bytes.to_vec()))),
         },
-        Err(err) => return as_value(out, Some(Err(err))),
+        Some(Err(err)) => return as_value(out, Some(Err(err))),
     };
     let head = json!({ "runId": run_id, "seq": e.seq, "type": e.kind.as_str(), "at": rfc3339(e.at_ms) });
     let head = serde_json::to_string(&head).unwrap_or_default();

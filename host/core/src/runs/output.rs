@@ -47,13 +47,9 @@ pub fn log_path(data_dir: &Path, run_id: &str, stream: &str) -> PathBuf {
     data_dir.join("runs").join(run_id).join(format!("{stream}.log"))
 }
 
-/// Read `len` bytes at `offset` of a run's output log.
-pub fn read_chunk(data_dir: &Path, run_id: &str, stream: &str, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
-    output_log::read_at(&log_path(data_dir, run_id, stream), offset, len)
-}
-
-/// [`read_chunk`] into a buffer the caller reuses from one chunk to the next.
-pub fn read_chunk_into<'a>(
+/// Read `len` bytes at `offset` of a run's output log into `buf`, which the
+/// caller may reuse from one chunk to the next.
+pub fn read_chunk<'a>(
     data_dir: &Path,
     run_id: &str,
     stream: &str,
@@ -81,11 +77,12 @@ struct Sink {
 type ChunkEvents = Vec<(EventType, serde_json::Value)>;
 
 impl Sink {
-    /// Hash and durably store one chunk; returns the events that record it.
+    /// Hash and durably store one chunk; returns the events that record it
+    /// and the chunk's buffer, emptied, for the next read.
+    ///
     /// The hashing and the file work run off the runtime threads, side by
     /// side: hashing is CPU work and the durable write mostly waits on the
     /// disk.
-    /// The chunk's buffer comes back, emptied, for the next read.
     async fn store(&mut self, chunk: Vec<u8>) -> std::io::Result<(ChunkEvents, Vec<u8>)> {
         let mut events = Vec::new();
         if chunk.is_empty() {

@@ -186,13 +186,8 @@ pub struct ReadBuf {
     buf: AlignedBuf,
 }
 
-/// Read `len` bytes at `offset` of the log at `path`, bypassing the page
-/// cache where the filesystem allows it.
-pub fn read_at(path: &Path, offset: u64, len: u64) -> io::Result<Vec<u8>> {
-    read_into(path, offset, len, &mut ReadBuf::default()).map(<[u8]>::to_vec)
-}
-
-/// [`read_at`] into `buf`; returns the bytes read.
+/// Read `len` bytes at `offset` of the log at `path` into `buf`, bypassing
+/// the page cache where the filesystem allows it; returns the bytes read.
 pub fn read_into<'a>(path: &Path, offset: u64, len: u64, buf: &'a mut ReadBuf) -> io::Result<&'a [u8]> {
     let len = usize::try_from(len).map_err(io::Error::other)?;
     let direct = match OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) {
@@ -238,6 +233,10 @@ fn read_direct(f: &File, offset: u64, len: usize, buf: &mut AlignedBuf) -> io::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn read_at(path: &Path, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        read_into(path, offset, len, &mut ReadBuf::default()).map(<[u8]>::to_vec)
+    }
 
     fn pattern(n: usize, seed: u8) -> Vec<u8> {
         (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()

@@ -100,7 +100,7 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
         // Subscribe before reading, so no notification falls in between.
         let mut watch = state.executor.hub().subscribe(&run_id, current);
         // Output chunks are read into this buffer, one after another.
-        let mut scratch = Some(output_log::ReadBuf::default());
+        let mut scratch = output_log::ReadBuf::default();
         loop {
             let batch = match state.store.list_events(run_id.clone(), after, PAGE).await {
                 Ok(b) => b,
@@ -117,7 +117,7 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
                     // Reading the chunk from the log and escaping it is file
                     // and CPU work: keep it off the runtime threads.
                     let (dir, id, ev) = (state.store.dir().to_path_buf(), run_id.clone(), e.clone());
-                    let mut buf = scratch.take().unwrap_or_default();
+                    let mut buf = std::mem::take(&mut scratch);
                     match tokio::task::spawn_blocking(move || {
                         let bytes = frame(seq, kind, |out| views::push_event_text(out, &dir, &id, &ev, &mut buf));
                         (bytes, buf)
@@ -125,14 +125,13 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
                     .await
                     {
                         Ok((bytes, buf)) => {
-                            scratch = Some(buf);
+                            scratch = buf;
                             bytes
                         }
                         Err(_) => return,
                     }
                 } else {
-                    let buf = scratch.get_or_insert_with(Default::default);
-                    frame(seq, kind, |out| views::push_event_text(out, state.store.dir(), &run_id, e, buf))
+                    frame(seq, kind, |out| views::push_event_text(out, state.store.dir(), &run_id, e, &mut scratch))
                 };
                 if tx.send(bytes).await.is_err() {
                     return;
