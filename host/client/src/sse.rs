@@ -1,6 +1,8 @@
 //! Server-sent events of a run, resumed from the last delivered seq after a
 //! dropped connection. Heartbeats are consumed here.
 
+use std::borrow::Cow;
+
 use futures_util::StreamExt;
 use serde_json::Value;
 
@@ -50,13 +52,10 @@ impl EventStream {
             match find_blank_line(&self.buf, self.scanned.max(self.start)) {
                 Ok((pos, len)) => {
                     // Parsed in place: an output event can be megabytes.
-                    let (from, end) = (self.start, pos + len);
-                    self.start = end;
-                    self.scanned = end;
-                    let block = std::mem::take(&mut self.buf);
-                    let parsed = self.parse(&block[from..pos]);
-                    self.buf = block;
-                    if let Some(ev) = parsed? {
+                    let block = parse_block(&self.buf[self.start..pos])?;
+                    self.start = pos + len;
+                    self.scanned = self.start;
+                    if let Some(ev) = self.accept(block)? {
                         return Ok(Some(ev));
                     }
                     continue;
@@ -94,41 +93,11 @@ impl EventStream {
         }
     }
 
-    fn parse(&mut self, block: &[u8]) -> Result<Option<Value>> {
-        let (mut kind, mut id): (&[u8], Option<u64>) = (b"", None);
-        // One `data:` line (what CrowNest sends) is parsed where it lies;
-        // several are joined with newlines, as the SSE format says.
-        let (mut data, mut joined): (Option<&[u8]>, Option<Vec<u8>>) = (None, None);
-        for line in block.split(|&b| b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if let Some(v) = line.strip_prefix(b"event:") {
-                kind = v.trim_ascii();
-            } else if let Some(v) = line.strip_prefix(b"data:") {
-                let v = v.strip_prefix(b" ").unwrap_or(v);
-                match (data, joined.as_mut()) {
-                    (None, _) => data = Some(v),
-                    (Some(first), None) => {
-                        let mut all = first.to_vec();
-                        all.push(b'\n');
-                        all.extend_from_slice(v);
-                        joined = Some(all);
-                    }
-                    (Some(_), Some(all)) => {
-                        all.push(b'\n');
-                        all.extend_from_slice(v);
-                    }
-                }
-            } else if let Some(v) = line.strip_prefix(b"id:") {
-                id = std::str::from_utf8(v).ok().and_then(|v| v.trim().parse::<u64>().ok());
-            }
-        }
-        let data = joined.as_deref().or(data).unwrap_or_default();
-        if kind == b"heartbeat" || data.is_empty() {
-            return Ok(None);
-        }
-        let value: Value =
-            serde_json::from_slice(data).map_err(|e| ClientError::Other(format!("bad event data: {e}")))?;
-        if kind == b"error" && id.is_none() {
+    /// Deliver a parsed block unless it is a heartbeat or a replay of an
+    /// event already delivered.
+    fn accept(&mut self, block: Option<Block>) -> Result<Option<Value>> {
+        let Some(Block { kind, id, value }) = block else { return Ok(None) };
+        if kind == "error" && id.is_none() {
             return Err(ClientError::Other(format!("the event stream failed: {}", value["message"])));
         }
         if let Some(seq) = id {
@@ -137,11 +106,51 @@ impl EventStream {
             }
             self.after = seq;
         }
-        if kind == b"terminal" {
+        if kind == "terminal" {
             self.done = true;
         }
         Ok(Some(value))
     }
+}
+
+/// One SSE event block: its `event:` type, `id:` and JSON `data:`.
+struct Block {
+    kind: String,
+    id: Option<u64>,
+    value: Value,
+}
+
+/// Parse one event block where it lies (an output event can be megabytes);
+/// `None` for a heartbeat or a block without data.
+fn parse_block(block: &[u8]) -> Result<Option<Block>> {
+    let (mut kind, mut id): (&[u8], Option<u64>) = (b"", None);
+    // Several `data:` lines are joined with newlines, as the SSE format
+    // says; the usual single line is borrowed, not copied.
+    let mut data: Option<Cow<'_, [u8]>> = None;
+    for line in block.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(v) = line.strip_prefix(b"event:") {
+            kind = v.trim_ascii();
+        } else if let Some(v) = line.strip_prefix(b"data:") {
+            let v = v.strip_prefix(b" ").unwrap_or(v);
+            match data.as_mut() {
+                None => data = Some(Cow::Borrowed(v)),
+                Some(joined) => {
+                    let joined = joined.to_mut();
+                    joined.push(b'\n');
+                    joined.extend_from_slice(v);
+                }
+            }
+        } else if let Some(v) = line.strip_prefix(b"id:") {
+            id = std::str::from_utf8(v).ok().and_then(|v| v.trim().parse::<u64>().ok());
+        }
+    }
+    let data = data.unwrap_or_default();
+    if kind == b"heartbeat" || data.is_empty() {
+        return Ok(None);
+    }
+    let value = serde_json::from_slice(&data).map_err(|e| ClientError::Other(format!("bad event data: {e}")))?;
+    Ok(Some(Block { kind: String::from_utf8_lossy(kind).into_owned(), id, value }))
 }
 
 /// The first blank line (`\n\n` or `\r\n\r\n`) in `buf`, searching from
@@ -174,7 +183,18 @@ pub(crate) fn find_blank_line(buf: &[u8], from: usize) -> std::result::Result<(u
 
 #[cfg(test)]
 mod tests {
-    use super::find_blank_line;
+    use super::{find_blank_line, parse_block};
+
+    #[test]
+    fn blocks_parse_in_place_and_join_data_lines() {
+        let b = parse_block(b"id: 7\r\nevent: stdout\r\ndata: {\"a\":1}").unwrap().unwrap();
+        assert_eq!((b.kind.as_str(), b.id, b.value["a"].as_u64()), ("stdout", Some(7), Some(1)));
+        let b = parse_block(b"event: x\ndata: [1,\ndata:2]").unwrap().unwrap();
+        assert_eq!(b.value, serde_json::json!([1, 2]), "data lines are joined with a newline");
+        assert!(parse_block(b"event: heartbeat\ndata: {}").unwrap().is_none());
+        assert!(parse_block(b": comment only").unwrap().is_none());
+        assert!(parse_block(b"data: not json").is_err());
+    }
 
     #[test]
     fn blank_lines_are_found_across_chunks_in_one_pass() {
