@@ -127,7 +127,15 @@ fn parse_block(block: &[u8]) -> Result<Option<Block>> {
     // Several `data:` lines are joined with newlines, as the SSE format
     // says; the usual single line is borrowed, not copied.
     let mut data: Option<Cow<'_, [u8]>> = None;
-    for line in block.split(|&b| b == b'\n') {
+    // Lines are found with memchr: the data line of an output event is
+    // megabytes long, and a byte-by-byte split costs as much as parsing it.
+    let mut rest = block;
+    while !rest.is_empty() {
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        rest = next;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if let Some(v) = line.strip_prefix(b"event:") {
             kind = v.trim_ascii();
