@@ -41,19 +41,22 @@ pub fn run(r: &Run) -> Value {
     })
 }
 
-/// The stored content of an output event, read into `scratch` (`None` for
-/// other events and empty chunks).
-fn content<'a>(
+/// Where an output event's content lies in the run's output log:
+/// `(offset, len)`, or `None` for other events and empty chunks.
+pub fn output_span(e: &Event) -> Option<(u64, u64)> {
+    let len = e.data["bytes"].as_u64().unwrap_or(0);
+    (e.kind.is_output() && len > 0).then(|| (e.data["offset"].as_u64().unwrap_or(0), len))
+}
+
+/// The stored content of an output event, read from the log into
+/// `scratch` (`None` for other events and empty chunks).
+pub fn content<'a>(
     data_dir: &Path,
     run_id: &str,
     e: &Event,
     scratch: &'a mut output_log::ReadBuf,
 ) -> Option<std::io::Result<&'a [u8]>> {
-    let len = e.data["bytes"].as_u64().unwrap_or(0);
-    if !e.kind.is_output() || len == 0 {
-        return None;
-    }
-    let offset = e.data["offset"].as_u64().unwrap_or(0);
+    let (offset, len) = output_span(e)?;
     Some(output::read_chunk(data_dir, run_id, e.kind.as_str(), offset, len, scratch))
 }
 
@@ -78,15 +81,15 @@ fn event_with(run_id: &str, e: &Event, content: Option<std::io::Result<Vec<u8>>>
     json!({ "runId": run_id, "seq": e.seq, "type": e.kind.as_str(), "at": rfc3339(e.at_ms), "data": data })
 }
 
-/// Append [`event`] as JSON text to `out`, for streaming: an output chunk
-/// that is UTF-8 is read into `scratch` (reused from one event to the next)
-/// and escaped from there straight into `out`, without an intermediate
+/// Append [`event`] as JSON text to `out`, for streaming, given the event's
+/// `content` (from [`content`], or from memory for a chunk just stored).
+/// UTF-8 content is escaped straight into `out`, without an intermediate
 /// copy or `Value` (a chunk is up to 4 MiB).
-pub fn push_event_text(out: &mut String, data_dir: &Path, run_id: &str, e: &Event, scratch: &mut output_log::ReadBuf) {
+pub fn push_event_text(out: &mut String, run_id: &str, e: &Event, content: Option<std::io::Result<&[u8]>>) {
     let as_value = |out: &mut String, content| {
         out.push_str(&serde_json::to_string(&event_with(run_id, e, content)).unwrap_or_default())
     };
-    let text = match content(data_dir, run_id, e, scratch) {
+    let text = match content {
         None => return as_value(out, None),
         Some(Ok(bytes)) => match std::str::from_utf8(bytes) {
             Ok(text) => text,
@@ -189,7 +192,7 @@ mod tests {
 
     fn event_text(dir: &Path, run_id: &str, e: &Event, scratch: &mut output_log::ReadBuf) -> String {
         let mut out = String::new();
-        push_event_text(&mut out, dir, run_id, e, scratch);
+        push_event_text(&mut out, run_id, e, content(dir, run_id, e, scratch));
         out
     }
 

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
@@ -76,17 +77,46 @@ struct Sink {
 /// The events that record one stored chunk.
 type ChunkEvents = Vec<(EventType, serde_json::Value)>;
 
+/// A stored chunk on its way to being recorded: its events, and the stored
+/// bytes with their offset in the log, for the hub to keep for live readers.
+struct Stored {
+    events: ChunkEvents,
+    chunk: Option<(u64, Bytes)>,
+}
+
+/// A chunk buffer lent to the hub as `Bytes`: when the last reader and
+/// the hub let go of it, it goes back to the capture loop for the next
+/// read (a fresh 4 MiB buffer costs a page fault per 4 KiB).
+struct Lent {
+    buf: Vec<u8>,
+    home: tokio::sync::mpsc::Sender<Vec<u8>>,
+}
+
+impl AsRef<[u8]> for Lent {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let _ = self.home.try_send(buf);
+    }
+}
+
 impl Sink {
-    /// Hash and durably store one chunk; returns the events that record it
-    /// and the chunk's buffer, emptied, for the next read.
+    /// Hash and durably store one chunk; returns the events that record it,
+    /// the chunk, and how many of its bytes were stored (at which offset).
     ///
     /// The hashing and the file work run off the runtime threads, side by
     /// side: hashing is CPU work and the durable write mostly waits on the
     /// disk.
-    async fn store(&mut self, chunk: Vec<u8>) -> std::io::Result<(ChunkEvents, Vec<u8>)> {
+    async fn store(&mut self, chunk: Vec<u8>) -> std::io::Result<(ChunkEvents, Vec<u8>, Option<(u64, usize)>)> {
         let mut events = Vec::new();
         if chunk.is_empty() {
-            return Ok((events, chunk));
+            return Ok((events, chunk, None));
         }
         self.stats.bytes += chunk.len() as u64;
         let chunk_len = chunk.len();
@@ -96,7 +126,7 @@ impl Sink {
         let mut hasher = std::mem::take(&mut self.hasher);
         let mut log = self.log.take();
         let path = self.path.clone();
-        let (hasher, log, digest, mut chunk) = tokio::task::spawn_blocking(move || {
+        let (hasher, log, digest, chunk) = tokio::task::spawn_blocking(move || {
             let (keep, rest) = chunk.split_at(keep_len);
             if keep_len > 0 && log.is_none() {
                 if let Some(dir) = path.parent() {
@@ -124,7 +154,7 @@ impl Sink {
         .map_err(std::io::Error::other)??;
         self.hasher = hasher;
         self.log = log;
-        chunk.clear();
+        let stored = digest.is_some().then_some((offset, keep_len));
         if let Some(sha) = digest {
             self.stats.stored_bytes += keep_len as u64;
             events.push((self.kind, json!({ "offset": offset, "bytes": keep_len, "streamSha256": sha })));
@@ -143,22 +173,27 @@ impl Sink {
                 }),
             ));
         }
-        Ok((events, chunk))
+        Ok((events, chunk, stored))
     }
 }
 
-/// Record stored chunks as events, in order, and wake live readers.
+/// Record stored chunks as events, in order, hand their bytes to the hub,
+/// and wake live readers.
 async fn record(
     store: Store,
     hub: Arc<EventHub>,
     run_id: String,
-    mut stored: tokio::sync::mpsc::Receiver<ChunkEvents>,
+    stream: &'static str,
+    mut stored: tokio::sync::mpsc::Receiver<Stored>,
 ) -> std::io::Result<()> {
-    while let Some(events) = stored.recv().await {
+    while let Some(Stored { events, chunk }) = stored.recv().await {
         if events.is_empty() {
             continue;
         }
         let recorded = store.append_events(run_id.clone(), events).await.map_err(std::io::Error::other)?;
+        if let Some((offset, bytes)) = chunk {
+            hub.publish_chunk(&run_id, stream, offset, bytes);
+        }
         if let Some(last) = recorded.last() {
             hub.notify(&run_id, last.seq);
         }
@@ -197,16 +232,29 @@ pub async fn capture(
     // event only once it is durable, and in order; while one is recorded
     // the next is stored and the one after that read.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
-    let (stored_tx, stored_rx) = tokio::sync::mpsc::channel::<ChunkEvents>(1);
-    let recorder = tokio::spawn(record(sink.store.clone(), sink.hub.clone(), sink.run_id.clone(), stored_rx));
-    // Chunk buffers go back to the reader: a fresh 4 MiB buffer per chunk
-    // costs a page fault per 4 KiB as the pipe's bytes are copied in.
-    let (recycle_tx, mut recycle_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+    let (stored_tx, stored_rx) = tokio::sync::mpsc::channel::<Stored>(1);
+    let recorder = tokio::spawn(record(sink.store.clone(), sink.hub.clone(), sink.run_id.clone(), stream, stored_rx));
+    // Chunk buffers go back to the reader once stored (or, lent to the hub,
+    // once the hub and its readers are done with them): a fresh 4 MiB
+    // buffer per chunk costs a page fault per 4 KiB as the pipe's bytes
+    // are copied in. Enough room for the chunks the hub may keep.
+    let (recycle_tx, mut recycle_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
     let flusher = tokio::spawn(async move {
         while let Some(chunk) = rx.recv().await {
-            let (events, emptied) = sink.store(chunk).await?;
-            let _ = recycle_tx.try_send(emptied);
-            if stored_tx.send(events).await.is_err() {
+            let (events, chunk, stored) = sink.store(chunk).await?;
+            let chunk = match stored {
+                Some((offset, len)) => {
+                    let lent = Bytes::from_owner(Lent { buf: chunk, home: recycle_tx.clone() });
+                    Some((offset, lent.slice(..len)))
+                }
+                None => {
+                    let mut chunk = chunk;
+                    chunk.clear();
+                    let _ = recycle_tx.try_send(chunk);
+                    None
+                }
+            };
+            if stored_tx.send(Stored { events, chunk }).await.is_err() {
                 break;
             }
         }
@@ -250,4 +298,67 @@ pub async fn capture(
     }
     drop(tx);
     flusher.await.map_err(std::io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runs::output_log::ReadBuf;
+
+    /// Every output event's bytes are in the log, the hub keeps the latest
+    /// chunks with exactly the log's bytes, and the stream digest covers
+    /// all of it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn captured_chunks_are_logged_recorded_and_kept_for_live_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let boot = store.bootstrap().unwrap().unwrap();
+        let spec = crate::runs::model::RunSpec {
+            command: "yes".into(),
+            template: "base".into(),
+            sandbox_id: None,
+            keep_sandbox: false,
+            timeout_ms: None,
+            metadata: Default::default(),
+            artifacts: vec![],
+            auto_start: false,
+        };
+        store.create_run("wsr_t".into(), boot.org_id, boot.project_id, spec).await.unwrap();
+        let hub = Arc::new(EventHub::default());
+        let output: Vec<u8> = (0..10_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (mut tx, rx) = tokio::io::duplex(1 << 16);
+        let writer = {
+            let output = output.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                tx.write_all(&output).await.unwrap();
+            })
+        };
+        let settings =
+            OutputSettings { cap_bytes: 1 << 30, chunk_bytes: 1 << 20, flush_interval: Duration::from_secs(5) };
+        let stats = capture(store.clone(), hub.clone(), "wsr_t".into(), EventType::Stdout, Box::new(rx), settings)
+            .await
+            .unwrap();
+        writer.await.unwrap();
+        assert_eq!(stats.bytes, output.len() as u64);
+        assert_eq!(stats.sha256, hex::encode(Sha256::digest(&output)));
+        let events = store.list_events("wsr_t".into(), 0, 1000).await.unwrap();
+        let (mut next, mut kept) = (0u64, 0);
+        for e in &events {
+            let (offset, len) = (e.data["offset"].as_u64().unwrap(), e.data["bytes"].as_u64().unwrap());
+            assert_eq!(offset, next, "chunks follow each other without gaps");
+            next += len;
+            let logged =
+                read_chunk(dir.path(), "wsr_t", "stdout", offset, len, &mut ReadBuf::default()).unwrap().to_vec();
+            assert_eq!(logged, &output[offset as usize..(offset + len) as usize]);
+            if let Some(mem) = hub.cached_chunk("wsr_t", "stdout", offset, len) {
+                assert_eq!(mem, logged, "the kept chunk is what the log holds");
+                kept += 1;
+            }
+        }
+        assert_eq!(next, output.len() as u64);
+        assert!(kept >= 1 && kept <= 4, "the latest chunks are kept, and only a few ({kept})");
+        let last = events.last().unwrap();
+        assert_eq!(last.data["streamSha256"], stats.sha256);
+    }
 }

@@ -113,13 +113,20 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
             let mut ended = false;
             for e in batch.iter() {
                 let (kind, seq) = (e.kind.as_str(), Some(e.seq));
-                let bytes = if e.kind.is_output() {
+                let bytes = if let Some((offset, len)) = views::output_span(e) {
+                    // A chunk just stored is still in memory (a reader
+                    // following live); else it is read from the log.
+                    let cached = state.executor.hub().cached_chunk(&run_id, kind, offset, len);
                     // Reading the chunk from the log and escaping it is file
                     // and CPU work: keep it off the runtime threads.
                     let (dir, id, ev) = (state.store.dir().to_path_buf(), run_id.clone(), e.clone());
                     let mut buf = std::mem::take(&mut scratch);
                     match tokio::task::spawn_blocking(move || {
-                        let bytes = frame(seq, kind, |out| views::push_event_text(out, &dir, &id, &ev, &mut buf));
+                        let content = match &cached {
+                            Some(bytes) => Some(Ok(&bytes[..])),
+                            None => views::content(&dir, &id, &ev, &mut buf),
+                        };
+                        let bytes = frame(seq, kind, |out| views::push_event_text(out, &id, &ev, content));
                         (bytes, buf)
                     })
                     .await
@@ -131,7 +138,7 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
                         Err(_) => return,
                     }
                 } else {
-                    frame(seq, kind, |out| views::push_event_text(out, state.store.dir(), &run_id, e, &mut scratch))
+                    frame(seq, kind, |out| views::push_event_text(out, &run_id, e, None))
                 };
                 if tx.send(bytes).await.is_err() {
                     return;
