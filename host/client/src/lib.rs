@@ -3,6 +3,7 @@
 //! writes carrying an `Idempotency-Key`), and an SSE event stream that
 //! resumes after the last event it delivered.
 
+mod event_json;
 mod sse;
 
 use std::time::Duration;

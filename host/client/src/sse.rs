@@ -157,7 +157,7 @@ fn parse_block(block: &[u8]) -> Result<Option<Block>> {
     if kind == b"heartbeat" || data.is_empty() {
         return Ok(None);
     }
-    let value = serde_json::from_slice(&data).map_err(|e| ClientError::Other(format!("bad event data: {e}")))?;
+    let value = crate::event_json::parse(&data).map_err(|e| ClientError::Other(format!("bad event data: {e}")))?;
     Ok(Some(Block { kind: String::from_utf8_lossy(kind).into_owned(), id, value }))
 }
 

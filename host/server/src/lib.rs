@@ -9,7 +9,6 @@ mod auth;
 mod error;
 mod idempotency;
 mod json;
-mod json_text;
 mod routes;
 mod state;
 mod views;

@@ -111,7 +111,7 @@ pub fn push_event_text(out: &mut String, run_id: &str, e: &Event, content: Optio
         _ => out.push('{'),
     }
     out.push_str("\"text\":");
-    crate::json_text::push_str_literal(out, text);
+    crownest_json_text::push_str_literal(out, text);
     out.push_str("}}");
 }
 
