@@ -169,7 +169,9 @@ async fn main() {
         };
         // Interleaved, medians of each: the pipe alone moves between 100
         // and 250 ms on this shared machine from one minute to the next.
-        let (mut pipes, mut sse) = (Vec::new(), Vec::new());
+        // The machine's busy and idle CPU time over each SSE run says how
+        // far it is from its CPU floor (busy time over the cores).
+        let (mut pipes, mut sse, mut busy, mut idle) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..5 {
             pipes.push(pipe_once());
             let run = api
@@ -177,9 +179,12 @@ async fn main() {
                 .await;
             let id = run["id"].as_str().unwrap().to_string();
             api.upload(&id, targz(&[("README", b"x")])).await;
-            let t = Instant::now();
+            let (t, cpu) = (Instant::now(), cpu_times());
             let (events, bytes) = api.start_and_stream(&id).await;
             sse.push(t.elapsed());
+            let after = cpu_times();
+            busy.push(after.0 - cpu.0);
+            idle.push(after.1 - cpu.1);
             assert_eq!(bytes, 200 << 20, "every byte reached the client");
             assert_eq!(events.last().unwrap()["type"], "terminal");
         }
@@ -195,6 +200,12 @@ async fn main() {
         println!(
             "output throughput ratio: {:.0}% of the pipe (target >= 50%)",
             100.0 * pipe.as_secs_f64() / s.as_secs_f64()
+        );
+        println!(
+            "CPU over an SSE run (all processes, {} cores): busy median {}, idle median {}",
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            ms(pct(&mut busy, 0.5)),
+            ms(pct(&mut idle, 0.5))
         );
         // Bounded server memory: its peak resident set after streaming
         // 5 × 200 MiB (output events are read from the log one at a time).
@@ -293,4 +304,22 @@ async fn main() {
         }
         println!("50 concurrent runs: {ok}/50 succeeded with complete events in {}", ms(t.elapsed()));
     }
+}
+
+/// The machine's busy and idle CPU time so far, from `/proc/stat` (in
+/// clock ticks of 10 ms).
+fn cpu_times() -> (Duration, Duration) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    let busy = ticks.iter().sum::<u64>() - idle;
+    (Duration::from_millis(busy * 10), Duration::from_millis(idle * 10))
 }
