@@ -3,7 +3,7 @@
 //! stored whole, and a block with escapes is written with fixed-size stores
 //! walking its bit mask, so an escape costs a few instructions.
 
-use crate::{special, specials16};
+use crate::{scan16, special};
 
 /// How each byte that must be escaped is written: up to six bytes, padded
 /// to eight so one unaligned store writes any of them.
@@ -30,26 +30,40 @@ const ESCAPES: [(u8, [u8; 8]); 256] = {
 const BLOCK_ROOM: usize = 16 * 6 + 16;
 
 /// Append `s` to `out` as a JSON string literal, quotes included.
+pub fn push_str_literal(out: &mut String, s: &str) {
+    let pushed = push_bytes_literal(out, s.as_bytes());
+    debug_assert!(pushed, "a str is UTF-8");
+}
+
+/// Append `bytes` to `out` as a JSON string literal, quotes included, if
+/// they are UTF-8; otherwise leave `out` as it was and return `false`.
+///
+/// The UTF-8 check comes with the escaping: text that is all ASCII (most
+/// command output) is known valid from the same 16-byte scans, and only
+/// text with other bytes is checked again.
 ///
 /// Each 16-byte block is stored whole when it holds nothing to escape;
 /// otherwise its runs and escapes are written with fixed-size stores into
 /// room reserved ahead, so an escape costs a few instructions rather than
 /// a `memcpy` call for the run before it.
-pub fn push_str_literal(out: &mut String, s: &str) {
-    let bytes = s.as_bytes();
-    // SAFETY (for `as_mut_vec`): what becomes part of `out` is whole runs
-    // of `s` cut only before and after ASCII bytes (so on char
-    // boundaries) and ASCII escapes: `out` stays UTF-8.
+pub fn push_bytes_literal(out: &mut String, bytes: &[u8]) -> bool {
+    let start = out.len();
+    // SAFETY (for `as_mut_vec`): `out` is cut back to `start` below unless
+    // `bytes` are UTF-8; then what was appended is whole runs of them cut
+    // only before and after ASCII bytes (so on char boundaries) and ASCII
+    // escapes, and `out` stays UTF-8.
     let out = unsafe { out.as_mut_vec() };
     out.reserve(bytes.len() + bytes.len() / 8 + BLOCK_ROOM + 2);
     out.push(b'"');
+    let mut non_ascii = 0;
     let whole = bytes.len() / 16 * 16;
     for i in (0..whole).step_by(16) {
         if out.capacity() - out.len() < BLOCK_ROOM {
             out.reserve(BLOCK_ROOM + whole - i);
         }
         let block: &[u8; 16] = bytes[i..i + 16].try_into().expect("16 bytes");
-        let mut mask = specials16(block);
+        let (mut mask, high) = scan16(block);
+        non_ascii |= high;
         // SAFETY: `out` has at least BLOCK_ROOM spare bytes, the most this
         // block writes including store slack; every store is unaligned and
         // within that room, and `set_len` covers only bytes written.
@@ -93,10 +107,16 @@ pub fn push_str_literal(out: &mut String, s: &str) {
             let (len, text) = &ESCAPES[usize::from(b)];
             out.extend_from_slice(&text[..usize::from(*len)]);
         } else {
+            non_ascii |= u32::from(b >= 0x80);
             out.push(b);
         }
     }
     out.push(b'"');
+    if non_ascii != 0 && std::str::from_utf8(bytes).is_err() {
+        out.truncate(start);
+        return false;
+    }
+    true
 }
 
 #[cfg(test)]
@@ -141,8 +161,35 @@ mod tests {
         samples.push(mixed);
         for s in samples {
             assert_eq!(ours(&s), serde_json::to_string(&s).unwrap(), "{s:?}");
+            let mut from_bytes = "kept ".to_string();
+            assert!(push_bytes_literal(&mut from_bytes, s.as_bytes()));
+            assert_eq!(from_bytes, format!("kept {}", ours(&s)));
             let back: String = serde_json::from_str(&ours(&s)).unwrap();
             assert_eq!(back, s);
+        }
+    }
+}
+
+#[cfg(test)]
+mod not_utf8 {
+    use super::push_bytes_literal;
+
+    /// Bytes that are not UTF-8 are refused wherever the bad byte is (in a
+    /// 16-byte block or the tail, after ASCII or not), and nothing is
+    /// appended.
+    #[test]
+    fn is_refused_and_leaves_the_output_alone() {
+        for pad in [0, 5, 15, 16, 17, 40] {
+            for bad in [&b"\xff"[..], b"\xc3", b"\xe6\x97", b"\xed\xa0\x80", b"\xc3\n"] {
+                for tail in [&b""[..], b"abc\n", "é".repeat(20).as_bytes()] {
+                    let mut bytes = "é".repeat(pad / 2).into_bytes();
+                    bytes.extend_from_slice(bad);
+                    bytes.extend_from_slice(tail);
+                    let mut out = "kept".to_string();
+                    assert!(!push_bytes_literal(&mut out, &bytes), "{bytes:?}");
+                    assert_eq!(out, "kept");
+                }
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 //! is at least as long as what it stands for), so room for the whole input
 //! is reserved once and every fixed-size store stays within it.
 
-use crate::specials16;
+use crate::scan16;
 
 /// Decode `text`, the bytes between the quotes of a JSON string literal.
 ///
@@ -20,12 +20,17 @@ pub fn unescape_contents(text: &[u8]) -> Option<String> {
     // the escapes in this one decode; `skip` is how far into a block the
     // last escape of the one before reached.
     let (mut i, mut skip) = (0, 0);
+    // Whether any byte is not ASCII: only then is the result checked for
+    // UTF-8 (escapes always decode to UTF-8).
+    let mut non_ascii = 0;
     // While 16 bytes follow the block, runs are copied with 16-byte loads
     // from any offset in it.
     while i + 32 <= text.len() {
         let block: &[u8; 16] = text[i..i + 16].try_into().expect("16 bytes");
         let mut from = skip;
-        let mut mask = specials16(block) & (u32::MAX << from);
+        let (specials, high) = scan16(block);
+        non_ascii |= high;
+        let mut mask = specials & (u32::MAX << from);
         // SAFETY: the decoded text never outgrows what it was decoded from,
         // so `dst` is at most `i + from` bytes into `out`, whose capacity is
         // `text.len() + 16`; each 16-byte store (and the at most four bytes
@@ -75,10 +80,16 @@ pub fn unescape_contents(text: &[u8]) -> Option<String> {
             b'\\' => i += decode_escape(&text[i..], &mut out)?,
             b if crate::special(b) => return None,
             b => {
+                non_ascii |= u32::from(b >= 0x80);
                 out.push(b);
                 i += 1;
             }
         }
+    }
+    if non_ascii == 0 {
+        // SAFETY: every byte of `text` is ASCII, so `out` holds ASCII bytes
+        // and the UTF-8 encodings of decoded escapes.
+        return Some(unsafe { String::from_utf8_unchecked(out) });
     }
     String::from_utf8(out).ok()
 }
@@ -176,6 +187,8 @@ mod tests {
         .collect();
         samples.push(b"not utf-8 \xff\xfe".to_vec());
         samples.push(b"cut \xc3".to_vec());
+        samples.push([&b"x".repeat(40)[..], b"\xff", &b"y".repeat(40)].concat());
+        samples.push([&b"x".repeat(40)[..], b"\\n\xe6\x97", &b"y".repeat(40)].concat());
         // Every escape (and invalid byte) at every offset of a 16-byte
         // block, across the boundary into the next block, in the block-wise
         // part (32 bytes or more follow) and in the byte-wise tail.

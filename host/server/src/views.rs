@@ -89,18 +89,16 @@ pub fn push_event_text(out: &mut String, run_id: &str, e: &Event, content: Optio
     let as_value = |out: &mut String, content| {
         out.push_str(&serde_json::to_string(&event_with(run_id, e, content)).unwrap_or_default())
     };
-    let text = match content {
+    let bytes = match content {
         None => return as_value(out, None),
-        Some(Ok(bytes)) => match std::str::from_utf8(bytes) {
-            Ok(text) => text,
-            Err(_) => return as_value(out, Some(Ok(bytes.to_vec()))),
-        },
+        Some(Ok(bytes)) => bytes,
         Some(Err(err)) => return as_value(out, Some(Err(err))),
     };
+    let start = out.len();
     let head = json!({ "runId": run_id, "seq": e.seq, "type": e.kind.as_str(), "at": rfc3339(e.at_ms) });
     let head = serde_json::to_string(&head).unwrap_or_default();
     let data = serde_json::to_string(&e.data).unwrap_or_default();
-    out.reserve(head.len() + data.len() + text.len() + text.len() / 8 + 32);
+    out.reserve(head.len() + data.len() + bytes.len() + bytes.len() / 8 + 32);
     out.push_str(head.strip_suffix('}').unwrap_or(&head));
     out.push_str(",\"data\":");
     match data.strip_suffix('}') {
@@ -111,7 +109,12 @@ pub fn push_event_text(out: &mut String, run_id: &str, e: &Event, content: Optio
         _ => out.push('{'),
     }
     out.push_str("\"text\":");
-    crownest_json_text::push_str_literal(out, text);
+    // The UTF-8 check is part of the escaping; content that is not UTF-8
+    // is sent as base64 instead.
+    if !crownest_json_text::push_bytes_literal(out, bytes) {
+        out.truncate(start);
+        return as_value(out, Some(Ok(bytes.to_vec())));
+    }
     out.push_str("}}");
 }
 

@@ -26,7 +26,7 @@ use crate::ports::ByteStream;
 use crate::runs::evidence::StreamStats;
 use crate::runs::hub::EventHub;
 use crate::runs::model::EventType;
-use crate::runs::output_log::{self, LogWriter};
+use crate::runs::output_log::{self, ChunkBuf, LogWriter};
 use crate::runs::store::Store;
 
 /// Output settings.
@@ -88,21 +88,22 @@ struct Stored {
 /// the hub let go of it, it goes back to the capture loop for the next
 /// read (a fresh 4 MiB buffer costs a page fault per 4 KiB).
 struct Lent {
-    buf: Vec<u8>,
-    home: tokio::sync::mpsc::Sender<Vec<u8>>,
+    buf: Option<ChunkBuf>,
+    home: tokio::sync::mpsc::Sender<ChunkBuf>,
 }
 
 impl AsRef<[u8]> for Lent {
     fn as_ref(&self) -> &[u8] {
-        &self.buf
+        self.buf.as_ref().map(ChunkBuf::as_slice).unwrap_or_default()
     }
 }
 
 impl Drop for Lent {
     fn drop(&mut self) {
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        let _ = self.home.try_send(buf);
+        if let Some(mut buf) = self.buf.take() {
+            buf.clear();
+            let _ = self.home.try_send(buf);
+        }
     }
 }
 
@@ -113,7 +114,7 @@ impl Sink {
     /// The hashing and the file work run off the runtime threads, side by
     /// side: hashing is CPU work and the durable write mostly waits on the
     /// disk.
-    async fn store(&mut self, chunk: Vec<u8>) -> std::io::Result<(ChunkEvents, Vec<u8>, Option<(u64, usize)>)> {
+    async fn store(&mut self, chunk: ChunkBuf) -> std::io::Result<(ChunkEvents, ChunkBuf, Option<(u64, usize)>)> {
         let mut events = Vec::new();
         if chunk.is_empty() {
             return Ok((events, chunk, None));
@@ -127,7 +128,7 @@ impl Sink {
         let mut log = self.log.take();
         let path = self.path.clone();
         let (hasher, log, digest, chunk) = tokio::task::spawn_blocking(move || {
-            let (keep, rest) = chunk.split_at(keep_len);
+            let (keep, rest) = chunk.as_slice().split_at(keep_len);
             if keep_len > 0 && log.is_none() {
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir)?;
@@ -231,20 +232,20 @@ pub async fn capture(
     // (hash + durable write), recording it as an event. A chunk becomes an
     // event only once it is durable, and in order; while one is recorded
     // the next is stored and the one after that read.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<ChunkBuf>(2);
     let (stored_tx, stored_rx) = tokio::sync::mpsc::channel::<Stored>(1);
     let recorder = tokio::spawn(record(sink.store.clone(), sink.hub.clone(), sink.run_id.clone(), stream, stored_rx));
     // Chunk buffers go back to the reader once stored (or, lent to the hub,
     // once the hub and its readers are done with them): a fresh 4 MiB
     // buffer per chunk costs a page fault per 4 KiB as the pipe's bytes
     // are copied in. Enough room for the chunks the hub may keep.
-    let (recycle_tx, mut recycle_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+    let (recycle_tx, mut recycle_rx) = tokio::sync::mpsc::channel::<ChunkBuf>(8);
     let flusher = tokio::spawn(async move {
         while let Some(chunk) = rx.recv().await {
             let (events, chunk, stored) = sink.store(chunk).await?;
             let chunk = match stored {
                 Some((offset, len)) => {
-                    let lent = Bytes::from_owner(Lent { buf: chunk, home: recycle_tx.clone() });
+                    let lent = Bytes::from_owner(Lent { buf: Some(chunk), home: recycle_tx.clone() });
                     Some((offset, lent.slice(..len)))
                 }
                 None => {
@@ -266,7 +267,11 @@ pub async fn capture(
         sink.stats.sha256 = hex::encode(sink.hasher.finalize());
         Ok::<_, std::io::Error>(sink.stats)
     });
-    let mut buf = Vec::with_capacity(settings.chunk_bytes);
+    // Chunks are read into block-aligned buffers: the log writes them to
+    // disk from there, without a copy.
+    // (At least one byte of room, or a read would look like end-of-file.)
+    let chunk_bytes = settings.chunk_bytes.max(1);
+    let mut buf = ChunkBuf::with_capacity(chunk_bytes);
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut eof = false;
     while !eof {
@@ -277,18 +282,19 @@ pub async fn capture(
             }
         };
         let full = tokio::select! {
-            n = reader.read_buf(&mut buf) => {
+            n = reader.read(buf.spare_mut()) => {
                 let n = n?;
+                buf.advance(n);
                 eof = n == 0;
                 if n > 0 {
                     deadline.get_or_insert_with(|| tokio::time::Instant::now() + settings.flush_interval);
                 }
-                buf.len() >= settings.chunk_bytes
+                buf.len() >= chunk_bytes
             }
             _ = flush_due => true,
         };
         if (full || eof) && !buf.is_empty() {
-            let next = recycle_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(settings.chunk_bytes));
+            let next = recycle_rx.try_recv().unwrap_or_else(|_| ChunkBuf::with_capacity(chunk_bytes));
             let chunk = std::mem::replace(&mut buf, next);
             if tx.send(chunk).await.is_err() {
                 break;

@@ -48,6 +48,63 @@ impl AlignedBuf {
     }
 }
 
+/// A buffer for one chunk of output that starts on a block boundary, so a
+/// [`LogWriter`] can write it with direct I/O straight from where it was
+/// read, without copying it into an aligned buffer first.
+pub struct ChunkBuf {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+    capacity: usize,
+}
+
+impl ChunkBuf {
+    /// An empty buffer with room for `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> ChunkBuf {
+        let raw = vec![0u8; capacity + BLOCK];
+        let start = raw.as_ptr().align_offset(BLOCK);
+        ChunkBuf { raw, start, len: 0, capacity }
+    }
+
+    /// The bytes held.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
+
+    /// The free room after the bytes held, to read into.
+    pub fn spare_mut(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start + self.len..self.start + self.capacity]
+    }
+
+    /// Count `n` more bytes of the free room as held.
+    pub fn advance(&mut self, n: usize) {
+        assert!(n <= self.capacity - self.len, "advanced past the buffer's room");
+        self.len += n;
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+impl AsRef<[u8]> for ChunkBuf {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
 /// The writing end of one output log.
 pub struct LogWriter {
     file: File,
@@ -148,7 +205,19 @@ impl LogWriter {
     }
 
     fn append_direct(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let start = self.len - self.tail.len() as u64;
+        let mut start = self.len - self.tail.len() as u64;
+        let mut bytes = bytes;
+        // Whole blocks of a block-aligned buffer (a `ChunkBuf`) following a
+        // block boundary in the log are written from where they are.
+        if self.tail.is_empty() && (bytes.as_ptr() as usize) % BLOCK == 0 {
+            let whole = bytes.len() / BLOCK * BLOCK;
+            write_all_at(&self.file, &bytes[..whole], start)?;
+            start += whole as u64;
+            bytes = &bytes[whole..];
+            if bytes.is_empty() {
+                return Ok(());
+            }
+        }
         let data = self.tail.len() + bytes.len();
         let padded = round_up(data);
         let tail_len = self.tail.len();
@@ -156,15 +225,7 @@ impl LogWriter {
         buf[..tail_len].copy_from_slice(&self.tail);
         buf[tail_len..data].copy_from_slice(bytes);
         buf[data..].fill(0);
-        let mut done = 0;
-        while done < padded {
-            let n = self.file.write_at(&buf[done..], start + done as u64)?;
-            if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::WriteZero, "output log write wrote nothing"));
-            }
-            done += n;
-        }
-        Ok(())
+        write_all_at(&self.file, buf, start)
     }
 
     /// Cut the file to its logical length (drops the zero padding of the
@@ -176,6 +237,18 @@ impl LogWriter {
         }
         Ok(())
     }
+}
+
+fn write_all_at(file: &File, buf: &[u8], at: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = file.write_at(&buf[done..], at + done as u64)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "output log write wrote nothing"));
+        }
+        done += n;
+    }
+    Ok(())
 }
 
 /// A reusable buffer for reading a log a chunk at a time: block-aligned for
@@ -268,6 +341,26 @@ mod tests {
             assert_eq!(w.len(), all.len() as u64);
             // Readable while the writer is still open, padding and all.
             assert_eq!(read_at(&path, offset, n as u64).unwrap(), chunk, "chunk {i}");
+        }
+        // Block-aligned chunk buffers, written from where they are when the
+        // log is at a block boundary (and copied when it is not).
+        // (`0`: an ordinary append up to the next block boundary.)
+        for (i, n) in [0, 4096usize, 3 * 4096, 4096 + 7, 10, 8192, 0, 8192, 1 << 20].into_iter().enumerate() {
+            if n == 0 {
+                let fill = pattern((BLOCK - all.len() % BLOCK) % BLOCK, 1);
+                w.append(&fill).unwrap();
+                all.extend_from_slice(&fill);
+                continue;
+            }
+            let mut chunk = ChunkBuf::with_capacity(n);
+            let data = pattern(n, 100 + i as u8);
+            chunk.spare_mut().copy_from_slice(&data);
+            chunk.advance(n);
+            assert_eq!(chunk.as_slice().as_ptr() as usize % BLOCK, 0);
+            let offset = all.len() as u64;
+            w.append(chunk.as_slice()).unwrap();
+            all.extend_from_slice(&data);
+            assert_eq!(read_at(&path, offset, n as u64).unwrap(), data, "aligned chunk {i}");
         }
         w.finish().unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), all.len() as u64);
