@@ -91,7 +91,7 @@ pub struct ArchiveInfo {
 }
 
 /// What the creator asked for; fixed at creation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunSpec {
     pub command: String,

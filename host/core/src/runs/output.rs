@@ -319,16 +319,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let boot = store.bootstrap().unwrap().unwrap();
-        let spec = crate::runs::model::RunSpec {
-            command: "yes".into(),
-            template: "base".into(),
-            sandbox_id: None,
-            keep_sandbox: false,
-            timeout_ms: None,
-            metadata: Default::default(),
-            artifacts: vec![],
-            auto_start: false,
-        };
+        let spec = crate::runs::model::RunSpec { command: "yes".into(), template: "base".into(), ..Default::default() };
         store.create_run("wsr_t".into(), boot.org_id, boot.project_id, spec).await.unwrap();
         let hub = Arc::new(EventHub::default());
         let output: Vec<u8> = (0..10_000_000u32).map(|i| (i % 251) as u8).collect();
