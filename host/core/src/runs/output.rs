@@ -243,18 +243,9 @@ pub async fn capture(
     let flusher = tokio::spawn(async move {
         while let Some(chunk) = rx.recv().await {
             let (events, chunk, stored) = sink.store(chunk).await?;
-            let chunk = match stored {
-                Some((offset, len)) => {
-                    let lent = Bytes::from_owner(Lent { buf: Some(chunk), home: recycle_tx.clone() });
-                    Some((offset, lent.slice(..len)))
-                }
-                None => {
-                    let mut chunk = chunk;
-                    chunk.clear();
-                    let _ = recycle_tx.try_send(chunk);
-                    None
-                }
-            };
+            // Nothing stored (past the cap): the buffer goes straight back.
+            let lent = Lent { buf: Some(chunk), home: recycle_tx.clone() };
+            let chunk = stored.map(|(offset, len)| (offset, Bytes::from_owner(lent).slice(..len)));
             if stored_tx.send(Stored { events, chunk }).await.is_err() {
                 break;
             }
