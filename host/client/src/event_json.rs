@@ -101,7 +101,7 @@ mod tests {
         let fields =
             r#"{"bytes":"#.to_string() + &text.len().to_string() + r#","offset":0,"streamSha256":"ab","text":"#;
         let mut wire = head.to_string() + &fields;
-        crownest_json_text::push_str_literal(&mut wire, &text);
+        assert!(crownest_json_text::push_bytes_literal(&mut wire, text.as_bytes()));
         wire.push_str("}}");
         assert!(output_event(wire.as_bytes()).is_some(), "the fast path takes the server's layout");
         assert_eq!(parse(wire.as_bytes()).unwrap(), event);

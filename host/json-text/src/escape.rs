@@ -29,12 +29,6 @@ const ESCAPES: [(u8, [u8; 8]); 256] = {
 /// stores (a 16-byte store of a shorter run, an 8-byte store of an escape).
 const BLOCK_ROOM: usize = 16 * 6 + 16;
 
-/// Append `s` to `out` as a JSON string literal, quotes included.
-pub fn push_str_literal(out: &mut String, s: &str) {
-    let pushed = push_bytes_literal(out, s.as_bytes());
-    debug_assert!(pushed, "a str is UTF-8");
-}
-
 /// Append `bytes` to `out` as a JSON string literal, quotes included, if
 /// they are UTF-8; otherwise leave `out` as it was and return `false`.
 ///
@@ -125,7 +119,7 @@ mod tests {
 
     fn ours(s: &str) -> String {
         let mut out = String::new();
-        push_str_literal(&mut out, s);
+        assert!(push_bytes_literal(&mut out, s.as_bytes()), "a str is UTF-8");
         out
     }
 
@@ -207,12 +201,12 @@ mod speed {
             let mut total = 0;
             for _ in 0..50 {
                 let mut out = String::with_capacity(text.len() * 9 / 8 + 256);
-                super::push_str_literal(&mut out, &text);
+                super::push_bytes_literal(&mut out, text.as_bytes());
                 total += out.len();
             }
             println!("escape 50 x 4 MiB: {:?} ({total} bytes)", t.elapsed());
             let mut literal = String::new();
-            super::push_str_literal(&mut literal, &text);
+            super::push_bytes_literal(&mut literal, text.as_bytes());
             let t = std::time::Instant::now();
             for _ in 0..50 {
                 let back = crate::unescape_contents(&literal.as_bytes()[1..literal.len() - 1]).unwrap();

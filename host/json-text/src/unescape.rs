@@ -213,7 +213,7 @@ mod tests {
     fn round_trips_the_escaper() {
         let text = "crownest-output-benchmark-line\n".repeat(10_000) + "tail \u{7f} ü \"q\" \\";
         let mut literal = String::new();
-        crate::push_str_literal(&mut literal, &text);
+        assert!(crate::push_bytes_literal(&mut literal, text.as_bytes()));
         let contents = &literal.as_bytes()[1..literal.len() - 1];
         assert_eq!(unescape_contents(contents).as_deref(), Some(text.as_str()));
     }
