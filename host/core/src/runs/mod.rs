@@ -14,6 +14,7 @@ pub mod metering;
 pub mod model;
 pub mod output;
 pub mod output_log;
+pub mod recycle;
 pub mod store;
 
 pub use model::{ArtifactSpec, Event, EventType, Run, RunStatus};

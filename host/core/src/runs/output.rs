@@ -27,6 +27,7 @@ use crate::runs::evidence::StreamStats;
 use crate::runs::hub::EventHub;
 use crate::runs::model::EventType;
 use crate::runs::output_log::{self, ChunkBuf, LogWriter};
+use crate::runs::recycle::Recycler;
 use crate::runs::store::Store;
 
 /// Output settings.
@@ -84,28 +85,18 @@ struct Stored {
     chunk: Option<(u64, Bytes)>,
 }
 
-/// A chunk buffer lent to the hub as `Bytes`: when the last reader and
-/// the hub let go of it, it goes back to the capture loop for the next
-/// read (a fresh 4 MiB buffer costs a page fault per 4 KiB).
-struct Lent {
-    buf: Option<ChunkBuf>,
-    home: tokio::sync::mpsc::Sender<ChunkBuf>,
+/// Chunk buffers released by the hub and its readers, for every capture
+/// loop to read into: a fresh 4 MiB buffer costs a page fault per 4 KiB
+/// (~1.5 µs each here) as the pipe's bytes are copied in, and a run's
+/// first chunks would otherwise always be fresh ones. At most
+/// [`SPARE_CHUNKS`] wait (32 MiB at the default chunk size).
+fn chunk_recycler() -> &'static Recycler<ChunkBuf> {
+    static RECYCLER: std::sync::OnceLock<Recycler<ChunkBuf>> = std::sync::OnceLock::new();
+    RECYCLER.get_or_init(|| Recycler::new(SPARE_CHUNKS))
 }
 
-impl AsRef<[u8]> for Lent {
-    fn as_ref(&self) -> &[u8] {
-        self.buf.as_ref().map(ChunkBuf::as_slice).unwrap_or_default()
-    }
-}
-
-impl Drop for Lent {
-    fn drop(&mut self) {
-        if let Some(mut buf) = self.buf.take() {
-            buf.clear();
-            let _ = self.home.try_send(buf);
-        }
-    }
-}
+/// Enough for the chunks one stream has in flight and in the hub's cache.
+const SPARE_CHUNKS: usize = 8;
 
 impl Sink {
     /// Hash and durably store one chunk; returns the events that record it,
@@ -235,17 +226,16 @@ pub async fn capture(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<ChunkBuf>(2);
     let (stored_tx, stored_rx) = tokio::sync::mpsc::channel::<Stored>(1);
     let recorder = tokio::spawn(record(sink.store.clone(), sink.hub.clone(), sink.run_id.clone(), stream, stored_rx));
-    // Chunk buffers go back to the reader once stored (or, lent to the hub,
-    // once the hub and its readers are done with them): a fresh 4 MiB
-    // buffer per chunk costs a page fault per 4 KiB as the pipe's bytes
-    // are copied in. Enough room for the chunks the hub may keep.
-    let (recycle_tx, mut recycle_rx) = tokio::sync::mpsc::channel::<ChunkBuf>(8);
+    // Chunk buffers go back to the readers once stored (or, lent to the hub,
+    // once the hub and its readers are done with them).
+    let recycler = chunk_recycler();
+    let lender = recycler.lender();
     let flusher = tokio::spawn(async move {
         while let Some(chunk) = rx.recv().await {
             let (events, chunk, stored) = sink.store(chunk).await?;
             // Nothing stored (past the cap): the buffer goes straight back.
-            let lent = Lent { buf: Some(chunk), home: recycle_tx.clone() };
-            let chunk = stored.map(|(offset, len)| (offset, Bytes::from_owner(lent).slice(..len)));
+            let lent = lender.lend(chunk);
+            let chunk = stored.map(|(offset, len)| (offset, lent.slice(..len)));
             if stored_tx.send(Stored { events, chunk }).await.is_err() {
                 break;
             }
@@ -285,7 +275,10 @@ pub async fn capture(
             _ = flush_due => true,
         };
         if (full || eof) && !buf.is_empty() {
-            let next = recycle_rx.try_recv().unwrap_or_else(|_| ChunkBuf::with_capacity(chunk_bytes));
+            let next = recycler
+                .spare()
+                .filter(|b| b.capacity() == chunk_bytes)
+                .unwrap_or_else(|| ChunkBuf::with_capacity(chunk_bytes));
             let chunk = std::mem::replace(&mut buf, next);
             if tx.send(chunk).await.is_err() {
                 break;

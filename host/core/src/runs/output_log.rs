@@ -105,6 +105,12 @@ impl AsRef<[u8]> for ChunkBuf {
     }
 }
 
+impl super::recycle::Reusable for ChunkBuf {
+    fn clear(&mut self) {
+        ChunkBuf::clear(self)
+    }
+}
+
 /// The writing end of one output log.
 pub struct LogWriter {
     file: File,

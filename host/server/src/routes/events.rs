@@ -15,6 +15,7 @@ use bytes::Bytes;
 use crownest_core::runs::ids::{now_ms, rfc3339};
 use crownest_core::runs::model::EventType;
 use crownest_core::runs::output_log;
+use crownest_core::runs::recycle::Recycler;
 use futures_util::stream::Stream;
 use serde_json::json;
 
@@ -25,6 +26,12 @@ use crate::state::AppState;
 use crate::{json, views};
 
 const PAGE: u32 = 256;
+/// Output frame buffers kept for reuse per SSE stream: the frames in the
+/// channel to the connection, the one it writes, and the one being built.
+const FRAMES_KEPT: usize = 6;
+/// The largest frame buffer kept for reuse: a default 4 MiB chunk of text
+/// with its escapes fits.
+const KEPT_FRAME_MAX: usize = 8 << 20;
 
 pub async fn events(
     State(state): State<AppState>,
@@ -79,7 +86,11 @@ pub async fn events(
 /// newline). `write_json` appends the JSON; the frame is built in one
 /// buffer and handed to the connection without another copy.
 fn frame(seq: Option<u64>, kind: &str, write_json: impl FnOnce(&mut String)) -> Bytes {
-    let mut out = String::new();
+    Bytes::from(frame_into(String::new(), seq, kind, write_json))
+}
+
+/// [`frame`], built in `out` (an empty buffer, perhaps with room).
+fn frame_into(mut out: String, seq: Option<u64>, kind: &str, write_json: impl FnOnce(&mut String)) -> String {
     if let Some(seq) = seq {
         out.push_str("id: ");
         out.push_str(&seq.to_string());
@@ -90,7 +101,7 @@ fn frame(seq: Option<u64>, kind: &str, write_json: impl FnOnce(&mut String)) -> 
     out.push_str("\ndata: ");
     write_json(&mut out);
     out.push_str("\n\n");
-    Bytes::from(out)
+    out
 }
 
 fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = Result<Bytes, Infallible>> {
@@ -101,6 +112,11 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
         let mut watch = state.executor.hub().subscribe(&run_id, current);
         // Output chunks are read into this buffer, one after another.
         let mut scratch = output_log::ReadBuf::default();
+        // Output frames are megabytes each: they are built in buffers the
+        // connection has finished writing (a fresh one costs a page fault
+        // per 4 KiB), enough for the frames in flight.
+        let frames = Recycler::<String>::new(FRAMES_KEPT);
+        let lender = frames.lender();
         loop {
             let batch = match state.store.list_events(run_id.clone(), after, PAGE).await {
                 Ok(b) => b,
@@ -121,12 +137,16 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
                     // and CPU work: keep it off the runtime threads.
                     let (dir, id, ev) = (state.store.dir().to_path_buf(), run_id.clone(), e.clone());
                     let mut buf = std::mem::take(&mut scratch);
+                    let (room, lender) = (frames.spare().unwrap_or_default(), lender.clone());
                     match tokio::task::spawn_blocking(move || {
                         let content = match &cached {
                             Some(bytes) => Some(Ok(&bytes[..])),
                             None => views::content(&dir, &id, &ev, &mut buf),
                         };
-                        let bytes = frame(seq, kind, |out| views::push_event_text(out, &id, &ev, content));
+                        let out = frame_into(room, seq, kind, |out| views::push_event_text(out, &id, &ev, content));
+                        // A frame of escape-heavy bytes can be several times its
+                        // chunk: that much is not kept for reuse.
+                        let bytes = if out.capacity() <= KEPT_FRAME_MAX { lender.lend(out) } else { Bytes::from(out) };
                         (bytes, buf)
                     })
                     .await
@@ -160,6 +180,9 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
                     }
                 }
                 _ = tokio::time::sleep(heartbeat) => {
+                    // Idle: the run may stay quiet for long; let the frame
+                    // buffers go.
+                    frames.release_spares();
                     let body = json!({"at": rfc3339(now_ms()), "afterSeq": after}).to_string();
                     if tx.send(frame(None, EventType::Heartbeat.as_str(), |out| out.push_str(&body))).await.is_err() {
                         return;

@@ -1,0 +1,158 @@
+//! Large buffers lent out as [`Bytes`] that come back for reuse when the
+//! last holder lets go of them.
+//!
+//! Output moves through the host in chunks of megabytes: read from the
+//! sandbox's pipe, kept for live readers, escaped into SSE frames. A fresh
+//! buffer of that size costs a page fault per 4 KiB the first time it is
+//! written (and the allocator hands large frees back to the kernel), which
+//! for 200 MiB of output is tens of thousands of faults. A [`Recycler`]
+//! keeps a few buffers that have been used and released, so the next chunk
+//! is written into memory that is already mapped.
+
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use bytes::Bytes;
+
+/// A buffer a [`Recycler`] can lend out and reuse.
+pub trait Reusable: AsRef<[u8]> + Send + 'static {
+    /// Forget the contents, keep the room.
+    fn clear(&mut self);
+}
+
+impl Reusable for Vec<u8> {
+    fn clear(&mut self) {
+        Vec::clear(self)
+    }
+}
+
+impl Reusable for String {
+    fn clear(&mut self) {
+        String::clear(self)
+    }
+}
+
+/// Buffers of one producer (an SSE stream, or every capture loop): lent
+/// out as `Bytes`, back in [`Recycler::spare`] once released. At most
+/// `keep` released buffers wait for reuse; more are freed.
+pub struct Recycler<T> {
+    home: SyncSender<T>,
+    // Behind a lock so one recycler can serve many producers (a receiver
+    // alone may not be shared between threads); taking a spare is rare
+    // next to filling it.
+    spares: Mutex<Receiver<T>>,
+}
+
+impl<T: Reusable> Recycler<T> {
+    pub fn new(keep: usize) -> Recycler<T> {
+        let (home, spares) = sync_channel(keep);
+        Recycler { home, spares: Mutex::new(spares) }
+    }
+
+    /// A released buffer, emptied, if one is waiting.
+    pub fn spare(&self) -> Option<T> {
+        self.spares.lock().ok()?.try_recv().ok()
+    }
+
+    /// Lend `buf` out as `Bytes` (see [`Lender::lend`]).
+    pub fn lend(&self, buf: T) -> Bytes {
+        self.lender().lend(buf)
+    }
+
+    /// A handle that lends buffers back to this recycler from another task
+    /// or thread.
+    pub fn lender(&self) -> Lender<T> {
+        Lender { home: self.home.clone() }
+    }
+
+    /// Free the buffers waiting for reuse (a producer going idle should not
+    /// hold megabytes it may never need again).
+    pub fn release_spares(&self) {
+        while self.spare().is_some() {}
+    }
+}
+
+/// Lends buffers out for a [`Recycler`]; cheap to clone, and `Send`.
+pub struct Lender<T> {
+    home: SyncSender<T>,
+}
+
+impl<T> Clone for Lender<T> {
+    fn clone(&self) -> Self {
+        Lender { home: self.home.clone() }
+    }
+}
+
+impl<T: Reusable> Lender<T> {
+    /// Lend `buf` out as `Bytes`; it comes back when every clone and slice
+    /// of those `Bytes` is dropped (or is freed, when `keep` are waiting or
+    /// the recycler is gone).
+    pub fn lend(&self, buf: T) -> Bytes {
+        Bytes::from_owner(Lent { buf: Some(buf), home: self.home.clone() })
+    }
+}
+
+struct Lent<T: Reusable> {
+    buf: Option<T>,
+    home: SyncSender<T>,
+}
+
+impl<T: Reusable> AsRef<[u8]> for Lent<T> {
+    fn as_ref(&self) -> &[u8] {
+        self.buf.as_ref().map(AsRef::as_ref).unwrap_or_default()
+    }
+}
+
+impl<T: Reusable> Drop for Lent<T> {
+    fn drop(&mut self) {
+        if let Some(mut buf) = self.buf.take() {
+            buf.clear();
+            let _ = self.home.try_send(buf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_released_buffer_comes_back_empty_with_its_room() {
+        let r = Recycler::<Vec<u8>>::new(2);
+        assert!(r.spare().is_none());
+        let mut buf = Vec::with_capacity(1 << 20);
+        buf.extend_from_slice(b"hello world");
+        let ptr = buf.as_ptr();
+        let bytes = r.lend(buf);
+        let slice = bytes.slice(6..);
+        assert_eq!(&slice[..], b"world");
+        drop(bytes);
+        assert!(r.spare().is_none(), "a slice still holds it");
+        drop(slice);
+        let back = r.spare().expect("released");
+        assert!(back.is_empty());
+        assert_eq!(back.as_ptr(), ptr, "the same allocation");
+        assert!(back.capacity() >= 1 << 20);
+    }
+
+    #[test]
+    fn at_most_keep_wait_and_release_spares_frees_them() {
+        let r = Recycler::<String>::new(2);
+        let lent: Vec<Bytes> = (0..4).map(|i| r.lend(format!("frame {i}"))).collect();
+        drop(lent);
+        assert!(r.spare().is_some() && r.spare().is_some());
+        assert!(r.spare().is_none(), "only two were kept");
+        drop(r.lend(String::from("x")));
+        r.release_spares();
+        assert!(r.spare().is_none());
+    }
+
+    #[test]
+    fn buffers_released_after_the_recycler_is_gone_are_freed() {
+        let r = Recycler::<Vec<u8>>::new(2);
+        let bytes = r.lend(vec![1, 2, 3]);
+        drop(r);
+        assert_eq!(&bytes[..], &[1, 2, 3]);
+        drop(bytes);
+    }
+}
