@@ -140,6 +140,16 @@ fn jail(opts: &JailOptions, program: Vec<OsString>) -> ! {
         if libc::getppid() == 1 {
             die("the server exited before the sandbox started");
         }
+        // Rust's runtime ignores SIGPIPE in this process, and an ignored
+        // signal survives exec (a handled one does not): the command would
+        // get EPIPE errors where a shell's commands die quietly, and a
+        // producer that does not check its writes would never stop. Start
+        // it as a login shell would, with default dispositions and no
+        // signal blocked.
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        check(libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()), "sigprocmask");
     }
     let cargs: Vec<CString> = program
         .iter()

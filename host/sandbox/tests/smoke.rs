@@ -13,3 +13,23 @@ async fn a_command_runs_and_reports_its_exit_code() {
     assert!(err.contains("oops"), "{err}");
     cell.destroy().unwrap();
 }
+
+/// The host ignores SIGPIPE (Rust's runtime does), and an ignored signal
+/// survives `exec`: unless the jail resets it, `yes | head -c 1` in a
+/// sandbox prints "Broken pipe" instead of ending quietly, and a producer
+/// that does not check its writes never ends at all.
+#[tokio::test]
+async fn commands_start_with_default_signal_dispositions() {
+    let env = env();
+    let cell = env.host.create_cell("test", &unique("signals"), limits(), vec![]).unwrap();
+    let (o, out, err) = run(&cell, "grep -E '^Sig(Ign|Blk):' /proc/self/status; yes | head -c 1 >/dev/null").await;
+    assert_eq!(o.status, ExitStatus::Exited(0), "stdout {out} stderr {err}");
+    assert_eq!(err, "", "a producer killed by SIGPIPE says nothing");
+    let mask = |name: &str| {
+        let line = out.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in {out}"));
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    assert_eq!(mask("SigIgn:") & (1 << (libc::SIGPIPE - 1)), 0, "SIGPIPE is not ignored: {out}");
+    assert_eq!(mask("SigBlk:"), 0, "no signal is blocked: {out}");
+    cell.destroy().unwrap();
+}

@@ -23,7 +23,23 @@ impl Drop for Env {
                 let _ = cell.destroy();
             }
         }
+        // A destroyed cell's directory is removed by a background thread;
+        // removing the temp dir alongside it races it and fails (silently,
+        // leaving `/tmp/crownest-sbx-*` behind). Let the removals finish.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline && graveyards(&self.root.path().join("cells")) > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
+}
+
+/// Cell directories under `cells` still being removed.
+fn graveyards(cells: &std::path::Path) -> usize {
+    let entries = |d: &std::path::Path| std::fs::read_dir(d).into_iter().flatten().flatten();
+    entries(cells)
+        .flat_map(|owner| entries(&owner.path()).collect::<Vec<_>>())
+        .filter(|e| e.file_name().to_string_lossy().contains(".deleted-"))
+        .count()
 }
 
 pub fn env() -> Env {
