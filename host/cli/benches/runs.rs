@@ -85,23 +85,33 @@ impl Api {
         assert!(v.get("error").is_none(), "{v}");
     }
 
-    /// Start a run and read its SSE stream to the end: (events, stdout bytes).
     /// Start a run and read its events with the real client's SSE stream
-    /// (what `run-archive` uses): the events other than output, and the
-    /// stdout bytes seen.
+    /// (what `run-archive` uses), on a single-threaded runtime of its own as
+    /// in the CLI: the events other than output, and the stdout bytes seen.
+    /// (Read from the bench's multi-threaded runtime, every network chunk
+    /// would cross from the connection's worker thread to the reader's,
+    /// a thread wake-up per chunk that the CLI never pays.)
     async fn start_and_stream(&self, id: &str) -> (Vec<Value>, u64) {
         self.call(reqwest::Method::POST, &format!("/v1/workspace-runs/{id}/start"), None).await;
         let client = crownest_client::Client::new(self.url.clone(), self.key.clone());
-        let mut stream = client.events(id, 0);
-        let (mut events, mut out) = (Vec::new(), 0u64);
-        while let Some(v) = stream.next().await.unwrap() {
-            if v["type"] == "stdout" {
-                out += v["data"]["text"].as_str().map(|t| t.len() as u64).unwrap_or(0);
-                continue;
-            }
-            events.push(v);
-        }
-        (events, out)
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let mut stream = client.events(&id, 0);
+                let (mut events, mut out) = (Vec::new(), 0u64);
+                while let Some(v) = stream.next().await.unwrap() {
+                    if v["type"] == "stdout" {
+                        out += v["data"]["text"].as_str().map(|t| t.len() as u64).unwrap_or(0);
+                        continue;
+                    }
+                    events.push(v);
+                }
+                (events, out)
+            })
+        })
+        .await
+        .unwrap()
     }
 }
 
