@@ -625,6 +625,30 @@ fn the_cli_uploads_large_archives_in_stages() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(&sha256(&noise)));
 }
 
+/// Megabytes of output reach a live reader (`run-archive`'s SSE stream)
+/// byte for byte, run after run. The server reuses its output buffers:
+/// chunk buffers across runs, SSE frame buffers within a stream; the runs
+/// here write different, shrinking outputs of several chunks each, so a
+/// reused buffer that kept anything of what it held before would show.
+#[test]
+fn large_output_streams_exactly_run_after_run() {
+    let s = server(&[("CROWNEST_RUNS__OUTPUT_CAP_BYTES", "67108864")]);
+    let dir = tempfile::tempdir().unwrap();
+    let tgz = dir.path().join("tiny.tgz");
+    std::fs::write(&tgz, targz(&[("README", b"x", 0o644)])).unwrap();
+    for (first, last) in [(1u64, 3_000_000u64), (5, 2_000_000), (999, 1_200_000)] {
+        let out = s
+            .cli()
+            .args(["workspace-runs", "run-archive", tgz.to_str().unwrap(), "--", &format!("seq {first} {last}")])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        let expected: String = (first..=last).map(|i| format!("{i}\n")).collect();
+        assert_eq!(out.stdout.len(), expected.len(), "seq {first} {last}: every byte, no more");
+        assert!(out.stdout == expected.as_bytes(), "seq {first} {last}: the bytes differ");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_staged_transfers_are_swept() {
     let s = server(&[("CROWNEST_RUNS__ABANDONED_TRANSFER_SECS", "2")]);
