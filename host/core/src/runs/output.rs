@@ -92,7 +92,8 @@ struct Stored {
 /// [`SPARE_CHUNKS`] wait (32 MiB at the default chunk size).
 fn chunk_recycler() -> &'static Recycler<ChunkBuf> {
     static RECYCLER: std::sync::OnceLock<Recycler<ChunkBuf>> = std::sync::OnceLock::new();
-    RECYCLER.get_or_init(|| Recycler::new(SPARE_CHUNKS))
+    // Chunk sizes are configuration; a spare of another size is not taken.
+    RECYCLER.get_or_init(|| Recycler::new(SPARE_CHUNKS, usize::MAX))
 }
 
 /// Enough for the chunks one stream has in flight and in the hub's cache.

@@ -109,6 +109,9 @@ impl super::recycle::Reusable for ChunkBuf {
     fn clear(&mut self) {
         ChunkBuf::clear(self)
     }
+    fn room(&self) -> usize {
+        self.capacity
+    }
 }
 
 /// The writing end of one output log.

@@ -18,11 +18,16 @@ use bytes::Bytes;
 pub trait Reusable: AsRef<[u8]> + Send + 'static {
     /// Forget the contents, keep the room.
     fn clear(&mut self);
+    /// Bytes of room the buffer holds.
+    fn room(&self) -> usize;
 }
 
 impl Reusable for Vec<u8> {
     fn clear(&mut self) {
         Vec::clear(self)
+    }
+    fn room(&self) -> usize {
+        self.capacity()
     }
 }
 
@@ -30,33 +35,44 @@ impl Reusable for String {
     fn clear(&mut self) {
         String::clear(self)
     }
+    fn room(&self) -> usize {
+        self.capacity()
+    }
 }
 
 /// Buffers of one producer (an SSE stream, or every capture loop): lent
 /// out as `Bytes`, back in [`Recycler::spare`] once released. At most
-/// `keep` released buffers wait for reuse; more are freed.
+/// `keep` released buffers of at most `max_room` bytes each wait for
+/// reuse; the others are freed.
 pub struct Recycler<T> {
-    home: SyncSender<T>,
+    home: Home<T>,
     // Behind a lock so one recycler can serve many producers (a receiver
     // alone may not be shared between threads); taking a spare is rare
     // next to filling it.
     spares: Mutex<Receiver<T>>,
 }
 
+/// Where released buffers go, and which are worth keeping.
+struct Home<T> {
+    spares: SyncSender<T>,
+    max_room: usize,
+}
+
+impl<T> Clone for Home<T> {
+    fn clone(&self) -> Self {
+        Home { spares: self.spares.clone(), max_room: self.max_room }
+    }
+}
+
 impl<T: Reusable> Recycler<T> {
-    pub fn new(keep: usize) -> Recycler<T> {
-        let (home, spares) = sync_channel(keep);
-        Recycler { home, spares: Mutex::new(spares) }
+    pub fn new(keep: usize, max_room: usize) -> Recycler<T> {
+        let (spares, waiting) = sync_channel(keep);
+        Recycler { home: Home { spares, max_room }, spares: Mutex::new(waiting) }
     }
 
     /// A released buffer, emptied, if one is waiting.
     pub fn spare(&self) -> Option<T> {
         self.spares.lock().ok()?.try_recv().ok()
-    }
-
-    /// Lend `buf` out as `Bytes` (see [`Lender::lend`]).
-    pub fn lend(&self, buf: T) -> Bytes {
-        self.lender().lend(buf)
     }
 
     /// A handle that lends buffers back to this recycler from another task
@@ -74,7 +90,7 @@ impl<T: Reusable> Recycler<T> {
 
 /// Lends buffers out for a [`Recycler`]; cheap to clone, and `Send`.
 pub struct Lender<T> {
-    home: SyncSender<T>,
+    home: Home<T>,
 }
 
 impl<T> Clone for Lender<T> {
@@ -94,7 +110,7 @@ impl<T: Reusable> Lender<T> {
 
 struct Lent<T: Reusable> {
     buf: Option<T>,
-    home: SyncSender<T>,
+    home: Home<T>,
 }
 
 impl<T: Reusable> AsRef<[u8]> for Lent<T> {
@@ -105,9 +121,9 @@ impl<T: Reusable> AsRef<[u8]> for Lent<T> {
 
 impl<T: Reusable> Drop for Lent<T> {
     fn drop(&mut self) {
-        if let Some(mut buf) = self.buf.take() {
+        if let Some(mut buf) = self.buf.take().filter(|b| b.room() <= self.home.max_room) {
             buf.clear();
-            let _ = self.home.try_send(buf);
+            let _ = self.home.spares.try_send(buf);
         }
     }
 }
@@ -118,12 +134,12 @@ mod tests {
 
     #[test]
     fn a_released_buffer_comes_back_empty_with_its_room() {
-        let r = Recycler::<Vec<u8>>::new(2);
+        let r = Recycler::<Vec<u8>>::new(2, 1 << 20);
         assert!(r.spare().is_none());
         let mut buf = Vec::with_capacity(1 << 20);
         buf.extend_from_slice(b"hello world");
         let ptr = buf.as_ptr();
-        let bytes = r.lend(buf);
+        let bytes = r.lender().lend(buf);
         let slice = bytes.slice(6..);
         assert_eq!(&slice[..], b"world");
         drop(bytes);
@@ -137,20 +153,29 @@ mod tests {
 
     #[test]
     fn at_most_keep_wait_and_release_spares_frees_them() {
-        let r = Recycler::<String>::new(2);
-        let lent: Vec<Bytes> = (0..4).map(|i| r.lend(format!("frame {i}"))).collect();
+        let r = Recycler::<String>::new(2, 1 << 20);
+        let lent: Vec<Bytes> = (0..4).map(|i| r.lender().lend(format!("frame {i}"))).collect();
         drop(lent);
         assert!(r.spare().is_some() && r.spare().is_some());
         assert!(r.spare().is_none(), "only two were kept");
-        drop(r.lend(String::from("x")));
+        drop(r.lender().lend(String::from("x")));
         r.release_spares();
         assert!(r.spare().is_none());
     }
 
     #[test]
+    fn buffers_over_max_room_are_freed_not_kept() {
+        let r = Recycler::<Vec<u8>>::new(2, 1024);
+        drop(r.lender().lend(Vec::with_capacity(1025)));
+        assert!(r.spare().is_none());
+        drop(r.lender().lend(Vec::with_capacity(1024)));
+        assert!(r.spare().is_some());
+    }
+
+    #[test]
     fn buffers_released_after_the_recycler_is_gone_are_freed() {
-        let r = Recycler::<Vec<u8>>::new(2);
-        let bytes = r.lend(vec![1, 2, 3]);
+        let r = Recycler::<Vec<u8>>::new(2, 1 << 20);
+        let bytes = r.lender().lend(vec![1, 2, 3]);
         drop(r);
         assert_eq!(&bytes[..], &[1, 2, 3]);
         drop(bytes);

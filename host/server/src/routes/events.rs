@@ -30,7 +30,8 @@ const PAGE: u32 = 256;
 /// channel to the connection, the one it writes, and the one being built.
 const FRAMES_KEPT: usize = 6;
 /// The largest frame buffer kept for reuse: a default 4 MiB chunk of text
-/// with its escapes fits.
+/// with its escapes fits; a frame of escape-heavy bytes, several times its
+/// chunk, is freed.
 const KEPT_FRAME_MAX: usize = 8 << 20;
 
 pub async fn events(
@@ -115,7 +116,7 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
         // Output frames are megabytes each: they are built in buffers the
         // connection has finished writing (a fresh one costs a page fault
         // per 4 KiB), enough for the frames in flight.
-        let frames = Recycler::<String>::new(FRAMES_KEPT);
+        let frames = Recycler::<String>::new(FRAMES_KEPT, KEPT_FRAME_MAX);
         let lender = frames.lender();
         loop {
             let batch = match state.store.list_events(run_id.clone(), after, PAGE).await {
@@ -144,10 +145,7 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
                             None => views::content(&dir, &id, &ev, &mut buf),
                         };
                         let out = frame_into(room, seq, kind, |out| views::push_event_text(out, &id, &ev, content));
-                        // A frame of escape-heavy bytes can be several times its
-                        // chunk: that much is not kept for reuse.
-                        let bytes = if out.capacity() <= KEPT_FRAME_MAX { lender.lend(out) } else { Bytes::from(out) };
-                        (bytes, buf)
+                        (lender.lend(out), buf)
                     })
                     .await
                     {
