@@ -89,6 +89,7 @@ pub fn sandbox_host(config: &Config, standby: bool) -> Result<Arc<SandboxHost>> 
         uid_base: s.uid_base,
         uid_count: s.uid_count,
         warm_standby: if standby { s.warm_standby } else { 0 },
+        batch_scheduling: s.scheduling == crownest_core::config::Scheduling::Batch,
     };
     SandboxHost::new(cfg).map_err(|e| anyhow::anyhow!(e))
 }

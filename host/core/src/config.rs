@@ -103,6 +103,24 @@ pub struct SandboxSettings {
     /// Standby sandboxes kept started per sandbox shape (template), so a
     /// new sandbox's first command skips namespace set-up; 0 turns them off.
     pub warm_standby: usize,
+    /// CPU scheduling policy of sandboxed processes (see [`Scheduling`]).
+    pub scheduling: Scheduling,
+}
+
+/// How sandboxed processes are scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduling {
+    /// `SCHED_BATCH`: a fair share of CPU, but a waking sandboxed process
+    /// never preempts the running task. The server stays responsive under
+    /// sandbox load, and a pipeline inside a sandbox does not switch
+    /// processes at every pipe buffer.
+    #[default]
+    Batch,
+    /// `SCHED_OTHER`, the usual policy: a waking process may preempt, which
+    /// favours latency (an interactive preview on a busy host) over
+    /// throughput.
+    Normal,
 }
 
 impl Default for SandboxSettings {
@@ -114,6 +132,7 @@ impl Default for SandboxSettings {
             uid_count: 65_536,
             warm_standby: 1,
             kill_grace_ms: 5_000,
+            scheduling: Scheduling::Batch,
         }
     }
 }
@@ -405,6 +424,16 @@ mod tests {
         let err = Config::from_parts(None, &vars(&[("CROWNEST_ENGINE__BOGUS", "1")])).unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("bogus") && msg.contains("CROWNEST_ENGINE__BOGUS"), "{msg}");
+    }
+
+    #[test]
+    fn sandbox_scheduling_is_batch_unless_set_to_normal() {
+        assert_eq!(Config::from_parts(None, &[]).unwrap().sandbox.scheduling, Scheduling::Batch);
+        let c = Config::from_parts(None, &vars(&[("CROWNEST_SANDBOX__SCHEDULING", "normal")])).unwrap();
+        assert_eq!(c.sandbox.scheduling, Scheduling::Normal);
+        let err = Config::from_parts(Some("[sandbox]\nscheduling = \"fifo\"\n"), &[]).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("fifo") && msg.contains("batch") && msg.contains("normal"), "{msg}");
     }
 
     #[test]

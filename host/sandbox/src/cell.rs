@@ -500,6 +500,7 @@ impl Cell {
             nofile: spec.open_files.or(self.rec.limits.open_files),
             // bubblewrap's own two processes count too.
             nproc: self.host.is_root.then_some(self.rec.limits.pids.map(|p| p.saturating_add(2))).flatten(),
+            batch: self.host.cfg.batch_scheduling,
         };
         let mut cmd = tokio::process::Command::new(&self.host.cfg.helper);
         cmd.args(jail.to_args())

@@ -30,6 +30,13 @@ pub struct SandboxConfig {
     /// Standby sandboxes kept per learned shape (see [`crate::warm`]); 0
     /// turns them off.
     pub warm_standby: usize,
+    /// Run every sandboxed process under `SCHED_BATCH`: it shares CPU
+    /// fairly but never preempts another task when it wakes up, so the
+    /// server stays responsive and a sandboxed pipeline does not switch
+    /// processes at every pipe buffer. `false` leaves the normal policy
+    /// (`SCHED_OTHER`), whose wake-up preemption suits latency-sensitive
+    /// interactive work on a busy host.
+    pub batch_scheduling: bool,
 }
 
 impl SandboxConfig {
@@ -42,6 +49,7 @@ impl SandboxConfig {
             uid_base: 2_000_000,
             uid_count: 65_536,
             warm_standby: 1,
+            batch_scheduling: true,
         }
     }
 }

@@ -33,3 +33,19 @@ async fn commands_start_with_default_signal_dispositions() {
     assert_eq!(mask("SigBlk:"), 0, "no signal is blocked: {out}");
     cell.destroy().unwrap();
 }
+
+/// Every process of a sandbox runs under `SCHED_BATCH` (policy 3, field 41
+/// of `/proc/self/stat`), a grandchild of the command included, unless the
+/// host is configured for the normal policy (0).
+#[tokio::test]
+async fn commands_run_under_the_configured_scheduling_policy() {
+    for (batch, policy) in [(true, "3"), (false, "0")] {
+        let env = env_with(|c| c.batch_scheduling = batch);
+        let cell = env.host.create_cell("test", &unique("sched"), limits(), vec![]).unwrap();
+        let (o, out, err) =
+            run(&cell, "cut -d' ' -f41 /proc/self/stat; sh -c 'cut -d\" \" -f41 /proc/self/stat'").await;
+        assert_eq!(o.status, ExitStatus::Exited(0), "stdout {out} stderr {err}");
+        assert_eq!(out, format!("{policy}\n{policy}\n"), "batch_scheduling = {batch}");
+        cell.destroy().unwrap();
+    }
+}

@@ -20,7 +20,7 @@ async fn wait_for_standby(host: &SandboxHost) {
 /// What a command sees: identity, environment, directory, pid, hostname,
 /// mounts and limits, and its stdin.
 const PROBE: &str = "id; env -0 | tr '\\0' '\\n' | sort; pwd; echo pid=$$; hostname; \
-    cat /etc/passwd; ulimit -n; cat /proc/self/cgroup | wc -l; grep -E '^Sig(Ign|Blk):' /proc/self/status; ls /workspace; read -r line; echo \"stdin=$line\"";
+    cat /etc/passwd; ulimit -n; cat /proc/self/cgroup | wc -l; grep -E '^Sig(Ign|Blk):' /proc/self/status; cut -d' ' -f41 /proc/self/stat; ls /workspace; read -r line; echo \"stdin=$line\"";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_adopted_standby_runs_the_first_command_like_a_cold_sandbox() {

@@ -43,9 +43,15 @@ fn graveyards(cells: &std::path::Path) -> usize {
 }
 
 pub fn env() -> Env {
+    env_with(|_| {})
+}
+
+/// A host with the defaults as changed by `adjust`.
+pub fn env_with(adjust: impl FnOnce(&mut SandboxConfig)) -> Env {
     let root = tempfile::Builder::new().prefix("crownest-sbx-").tempdir_in("/tmp").unwrap();
     let mut cfg = SandboxConfig::defaults(env!("CARGO_BIN_EXE_crownest-sandbox-jail").into());
     cfg.root = root.path().join("cells");
+    adjust(&mut cfg);
     Env { host: SandboxHost::new(cfg).unwrap(), root }
 }
 
