@@ -162,7 +162,7 @@ fn jail(opts: &JailOptions, program: Vec<OsString>) -> ! {
         check(libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()), "sigprocmask");
         // Batch work does not preempt on wake-up: two processes of one
         // pipeline sharing a CPU trade it at every pipe buffer otherwise
-        // (`yes | head` switched ~40k times per 200 MiB, 8× more), and
+        // (`yes | head` switched ~39k times per 200 MiB, ~4× more), and
         // sandboxes never preempt the server's threads. The policy is
         // inherited by everything the sandbox starts.
         if opts.batch {
