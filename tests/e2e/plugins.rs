@@ -197,3 +197,18 @@ limits = { memory_mib = 512, pids = 64, cpu_millicores = 500, disk_mib = 256, tm
     assert_eq!(fortran["usable"], false);
     assert!(fortran["unusableReason"].as_str().unwrap().contains("/usr/bin/gfortran-does-not-exist"), "{fortran}");
 }
+
+/// `doctor` says how sandboxes are scheduled, as configured, and a policy
+/// that does not exist is refused with the values that do.
+#[test]
+fn doctor_reports_the_sandbox_scheduling_policy() {
+    let data = tempfile::tempdir().unwrap();
+    let batch = crownest(data.path(), &["doctor"], &[]);
+    assert!(batch.stdout.contains("scheduling") && batch.stdout.contains("SCHED_BATCH"), "{}", batch.stdout);
+    let normal = crownest(data.path(), &["doctor"], &[("CROWNEST_SANDBOX__SCHEDULING", "normal")]);
+    assert!(normal.stdout.contains("SCHED_OTHER"), "{}", normal.stdout);
+    let bad = crownest(data.path(), &["doctor"], &[("CROWNEST_SANDBOX__SCHEDULING", "fifo")]);
+    assert_ne!(bad.code, 0);
+    let said = format!("{}{}", bad.stdout, bad.stderr);
+    assert!(said.contains("fifo") && said.contains("batch") && said.contains("normal"), "{said}");
+}

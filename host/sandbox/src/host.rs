@@ -52,6 +52,15 @@ impl SandboxConfig {
             batch_scheduling: true,
         }
     }
+
+    /// How sandboxed processes are scheduled, as `serve` and `doctor` say it.
+    pub fn scheduling_note(&self) -> &'static str {
+        if self.batch_scheduling {
+            "SCHED_BATCH: sandboxed processes never preempt on wake-up (sandbox.scheduling)"
+        } else {
+            "SCHED_OTHER: sandboxed processes may preempt on wake-up (sandbox.scheduling = \"normal\")"
+        }
+    }
 }
 
 /// One mechanism or limit and whether it is really enforced here.

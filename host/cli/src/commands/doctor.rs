@@ -48,6 +48,7 @@ pub async fn run(ctx: &Context, _args: Args) -> Result<ExitCode> {
                 println!("warn  {:<22} NOT ENFORCED: {}", format!("  {}", e.name), e.detail);
             }
         }
+        line(true, "  scheduling", sbx.config().scheduling_note());
         healthy &= r.bwrap_version != "none";
     }
 

@@ -71,11 +71,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
                 "crownest:   standby     {n} started sandbox(es) kept per template shape (sandbox.warm_standby)"
             ),
         }
-        if sbx.config().batch_scheduling {
-            eprintln!("crownest:   scheduling  SCHED_BATCH: sandboxes never preempt on wake-up (sandbox.scheduling)");
-        } else {
-            eprintln!("crownest:   scheduling  SCHED_OTHER (sandbox.scheduling = \"normal\")");
-        }
+        eprintln!("crownest:   scheduling  {}", sbx.config().scheduling_note());
     }
     for p in set.infos() {
         eprintln!("crownest: {:<16} {} ({}, sha256 {})", p.kind.name(), p.name, p.source, &p.sha256[..12]);
