@@ -32,6 +32,23 @@ pub fn install_deadline(store: &mut Store<PluginState>) {
     });
 }
 
+/// Run `fut` to completion with this thread's runtime duties handed to
+/// another thread while it runs (`block_in_place`), so blocking calls
+/// inside it (a plugin's filesystem calls in [`crate::state::FsMode::Inline`])
+/// stall no other task. On a current-thread runtime it is simply awaited.
+///
+/// Everything `fut` waits for must be driven by other tasks: the calling
+/// task itself is not polled meanwhile (a request body, read by the
+/// connection task that runs the handler, must go through a task of its
+/// own first).
+pub async fn off_runtime<F: std::future::Future>(fut: F) -> F::Output {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| h.block_on(fut)),
+        _ => fut.await,
+    }
+}
+
 /// Start the clock of a call.
 pub fn arm(store: &mut Store<PluginState>) {
     store.data_mut().clock.start();

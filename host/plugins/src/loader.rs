@@ -17,7 +17,7 @@ use crate::capabilities::http::AllowList;
 use crate::engine::{EngineSettings, PluginEngine};
 use crate::kinds::{WasmArtifactStore, WasmAuthScoper, WasmMeter, WasmRuntimeProvider};
 use crate::source::{self, PluginSource};
-use crate::state::{PluginEnv, PluginIdent, PluginState};
+use crate::state::{FsMode, PluginEnv, PluginIdent, PluginState};
 use crate::{cache, guard, imports};
 
 /// What `crownest plugins list` shows about a loaded plugin.
@@ -53,7 +53,12 @@ pub struct LoadedPlugin {
 impl LoadedPlugin {
     /// A fresh store for one instance, with the deadline and memory cap armed.
     pub fn new_store(&self) -> Result<Store<PluginState>, PluginError> {
-        let state = PluginState::new(self.env.clone()).map_err(|e| {
+        self.new_store_with(FsMode::Offloaded)
+    }
+
+    /// [`LoadedPlugin::new_store`] with filesystem calls made as `mode` says.
+    pub fn new_store_with(&self, mode: FsMode) -> Result<Store<PluginState>, PluginError> {
+        let state = PluginState::with_fs_mode(self.env.clone(), mode).map_err(|e| {
             PluginError::fault(FaultKind::Load, format!("cannot prepare plugin `{}`: {e:#}", self.info.name))
         })?;
         let mut store = Store::new(&self.engine.engine, state);

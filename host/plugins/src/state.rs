@@ -87,6 +87,21 @@ impl CallClock {
     }
 }
 
+/// How a plugin's `wasi:filesystem` calls reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsMode {
+    /// Each operation on the blocking pool (wasmtime-wasi's default): the
+    /// polling thread never blocks, at the price of a thread hand-off per
+    /// operation. For instances whose streams outlive the call and are
+    /// read from runtime threads.
+    Offloaded,
+    /// Each operation on the polling thread. Only for calls run whole off
+    /// the runtime's workers ([`crate::guard::call_off_runtime`]): an
+    /// artifact put makes a dozen small filesystem calls, and a hand-off
+    /// each (~50-100 µs on a VM) made it the slowest step of an upload.
+    Inline,
+}
+
 /// `T` of every plugin `Store<T>`.
 pub struct PluginState {
     pub env: Arc<PluginEnv>,
@@ -103,7 +118,14 @@ pub struct PluginState {
 
 impl PluginState {
     pub fn new(env: Arc<PluginEnv>) -> anyhow::Result<PluginState> {
+        Self::with_fs_mode(env, FsMode::Offloaded)
+    }
+
+    /// A state whose filesystem calls run as `mode` says.
+    pub fn with_fs_mode(env: Arc<PluginEnv>, mode: FsMode) -> anyhow::Result<PluginState> {
         let mut wasi = WasiCtx::builder();
+        // Set before the preopen: each descriptor keeps the mode it was opened with.
+        wasi.allow_blocking_current_thread(mode == FsMode::Inline);
         if let Some(dir) = &env.filesystem {
             wasi.preopened_dir(dir, "/data", wasmtime_wasi::FsPerms::ReadWrite)?;
         }

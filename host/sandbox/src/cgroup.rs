@@ -272,6 +272,20 @@ impl Cgroup {
     /// SIGKILL every process in the sandbox, waiting (up to `within`) until
     /// none is left. Returns whether the cgroup is empty.
     pub fn kill_all(&self, within: Duration) -> bool {
+        self.kill_until(within, |pids| pids.is_empty())
+    }
+
+    /// [`Cgroup::kill_all`], done once every process left has finished or
+    /// is irrevocably exiting (a zombie, or past the point of no return in
+    /// the kernel's exit path). That is when a command's tree is gone for
+    /// its user; the cgroup itself may take longer to empty: the init of a
+    /// sandbox's namespaces leaves it only once the kernel has torn its
+    /// mounts down, which waits for an RCU grace period (0.3-0.7 ms here).
+    pub fn kill_all_live(&self, within: Duration) -> bool {
+        self.kill_until(within, |pids| pids.iter().all(|&pid| !is_live(pid)))
+    }
+
+    fn kill_until(&self, within: Duration, done: impl Fn(&[i32]) -> bool) -> bool {
         let deadline = Instant::now() + within;
         let freezer = self.dir(Role::Freezer);
         loop {
@@ -288,7 +302,7 @@ impl Cgroup {
             if let Some(f) = freezer {
                 let _ = fs::write(f.join("freezer.state"), "THAWED");
             }
-            if self.pids().is_empty() {
+            if done(&self.pids()) {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -351,6 +365,29 @@ impl Cgroup {
 /// The pids in a `cgroup.procs` listing. A task that is being reaped can
 /// be listed as `0` (its pid is already detached); such entries are
 /// dropped, since `kill(0, …)` would signal the caller's own process group.
+/// The kernel's `PF_EXITING` task flag (`include/linux/sched.h`).
+const PF_EXITING: u64 = 0x4;
+
+/// Whether `pid` is a process that can still run user code: not gone, not
+/// a zombie, not in the kernel's exit path.
+fn is_live(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat_is_live(&stat),
+        Err(_) => false,
+    }
+}
+
+/// [`is_live`] from the text of `/proc/<pid>/stat`: the state and the
+/// flags follow the command name, which is in parentheses and may hold
+/// anything, so fields are counted from the last `)`.
+fn stat_is_live(stat: &str) -> bool {
+    let Some((_, rest)) = stat.rsplit_once(')') else { return true };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first().copied().unwrap_or("R");
+    let flags = fields.get(6).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    !matches!(state, "Z" | "X" | "x") && flags & PF_EXITING == 0
+}
+
 fn parse_procs(text: &str) -> Vec<i32> {
     text.lines().filter_map(|l| l.trim().parse::<i32>().ok()).filter(|&p| p > 0).collect()
 }
@@ -369,6 +406,29 @@ mod tests {
 
     /// A reaped task listed as 0 must never become `kill(0, …)`, which
     /// would signal the server's own process group.
+    #[test]
+    fn only_running_or_sleeping_tasks_are_live() {
+        let line = |comm: &str, state: &str, flags: u64| {
+            format!("4242 ({comm}) {state} 1 4242 4242 0 -1 {flags} 120 0 0 0 0 0 0 0 20 0 1 0 100 0 0")
+        };
+        assert!(stat_is_live(&line("sh", "S", 0x400100)));
+        assert!(stat_is_live(&line("sh", "R", 0)));
+        assert!(stat_is_live(&line("sh", "D", 0x400000)));
+        // A name may hold spaces and parentheses: fields count from the last `)`.
+        assert!(stat_is_live(&line("a) Z 1 (b", "S", 0)));
+        assert!(!stat_is_live(&line("bwrap", "Z", 0x400100)));
+        assert!(!stat_is_live(&line("bwrap", "X", 0)));
+        // Tearing down its namespaces: past the point of no return.
+        assert!(!stat_is_live(&line("bwrap", "D", 0x400104)));
+        assert!(!stat_is_live(&line("a) S 1 (b", "R", 0x4)));
+    }
+
+    #[test]
+    fn a_pid_that_is_gone_is_not_live() {
+        assert!(!is_live(i32::MAX));
+        assert!(is_live(std::process::id() as i32));
+    }
+
     #[test]
     fn dying_tasks_listed_as_zero_are_not_pids() {
         assert_eq!(parse_procs("12\n0\n 34 \n\n-1\nx\n"), vec![12, 34]);

@@ -66,11 +66,14 @@ impl ProcessTree {
                     _ = kill_rx.notified() => { let _ = child.start_kill(); }
                 }
             };
-            // The namespace is gone with its init; make sure nothing else in
-            // the cgroup outlives the main process.
+            // The namespace goes with its init; make sure nothing else in
+            // the cgroup outlives the main process. Usually nothing is left
+            // alive by now: one look, here; waiting is for the blocking pool.
             let oom = cg.as_ref().is_some_and(Cgroup::oom_killed);
             if let Some(cg) = cg {
-                let _ = tokio::task::spawn_blocking(move || cg.kill_all(Duration::from_secs(5))).await;
+                if !cg.kill_all_live(Duration::ZERO) {
+                    let _ = tokio::task::spawn_blocking(move || cg.kill_all_live(Duration::from_secs(5))).await;
+                }
             }
             let status = match status {
                 Ok(s) => decode(s),

@@ -188,6 +188,7 @@ impl Executor {
         };
         match self.store.finish_run(run.id.clone(), f).await {
             Ok(Some((terminal, _))) => {
+                tracing::debug!(run_id = %run.id, "step: terminal committed");
                 self.hub.notify(&run.id, terminal.seq);
                 tracing::info!(run_id = %run.id, status = %e.status, "run finished");
             }
@@ -232,6 +233,7 @@ impl Executor {
                 }
             }
         };
+        tracing::debug!(run_id, "step: metering admitted");
         let (sandbox, reused) = match self.sandbox_for(&run).await {
             Ok(s) => s,
             Err(e) => {
@@ -241,6 +243,7 @@ impl Executor {
             }
         };
         let info = sandbox.info().clone();
+        tracing::debug!(run_id, sandbox_id = %info.id, reused, "step: sandbox ready");
         let started = Instant::now();
         let run = match self
             .store
@@ -264,8 +267,10 @@ impl Executor {
             }
         };
 
+        tracing::debug!(run_id, "step: running");
         let ending = self.run_in(&run, sandbox.as_ref(), reused, &cancel, lease.as_deref(), &mut g).await;
         self.collect_artifacts(&run, sandbox.as_ref(), &mut g).await;
+        tracing::debug!(run_id, "step: artifacts collected");
         g.metering = if run.spec.keep_sandbox {
             // The kept sandbox stays metered; the run's share is its own time.
             lease.as_ref().map(|l| {
@@ -282,8 +287,10 @@ impl Executor {
         } else {
             self.backends.metering.end(&info.id, true).await
         };
+        tracing::debug!(run_id, "step: metered");
         self.finish(&run, ending, g).await;
         self.cleanup(&run, sandbox, reused).await;
+        tracing::debug!(run_id, "step: cleaned up");
     }
 
     /// The sandbox to run in: a kept one by id, or a new one.
@@ -345,6 +352,7 @@ impl Executor {
                 }
             });
         });
+        tracing::debug!(run_id, "step: archive opened");
         let report = tokio::select! {
             r = sandbox.extract_archive(stream, "/workspace", progress) => r,
             _ = cancel.notified() => return Ending { status: RunStatus::Canceled, exit_code: None, reason: Some("canceled"), message: Some("canceled during archive extraction".into()) },
@@ -369,6 +377,7 @@ impl Executor {
             env: vec![("CROWNEST_RUN_ID".into(), run.id.clone())],
             cwd: "/workspace".into(),
         };
+        tracing::debug!(run_id, "step: extracted");
         let execution = match sandbox.exec(&exec).await {
             Ok(x) => x,
             Err(e) => {
@@ -392,6 +401,7 @@ impl Executor {
             execution.stderr,
             self.settings.output,
         ));
+        tracing::debug!(run_id, "step: command started");
         let process = execution.process;
         let timeout = run.spec.timeout_ms.or(sandbox.info().limits.timeout_ms).map(Duration::from_millis);
         let sleep = async {
@@ -418,6 +428,7 @@ impl Executor {
             _ = cancel.notified() => Why::Canceled,
             r = metered_stop => Why::Stopped(r),
         };
+        tracing::debug!(run_id, "step: process ended");
         let outcome = match &why {
             Why::Exited(o) => o.clone(),
             Why::Timeout | Why::Canceled => {
@@ -451,6 +462,7 @@ impl Executor {
             )
             .await;
         }
+        tracing::debug!(run_id, "step: output closed");
         match why {
             Why::Timeout => Ending {
                 status: RunStatus::Failed,

@@ -8,12 +8,12 @@ use crownest_core::PluginError;
 use crownest_core::ports::{ArtifactStore, ByteStream, ObjectInfo, PutRequest};
 use wasmtime::Store;
 
-use super::{instantiate, typed_pre};
+use super::{instantiate, instantiate_with, typed_pre};
 use crate::bindings::artifact_store::exports::crownest::artifact_store::store as wit;
 use crate::bindings::artifact_store::{ArtifactStore as Bindings, ArtifactStorePre};
 use crate::guard::{self, from_wit, is_sha256_hex, malformed};
 use crate::loader::LoadedPlugin;
-use crate::state::PluginState;
+use crate::state::{FsMode, PluginState};
 use crate::streams;
 
 /// An artifact store backed by a plugin.
@@ -34,6 +34,43 @@ impl WasmArtifactStore {
 
     async fn instance(&self) -> Result<(Store<PluginState>, Bindings), PluginError> {
         instantiate(&self.plugin, async |s| self.pre.instantiate_async(s).await).await
+    }
+
+    /// An instance for a call run whole off the runtime's workers
+    /// ([`guard::off_runtime`]): its filesystem calls are made in place.
+    async fn inline_instance(&self) -> Result<(Store<PluginState>, Bindings), PluginError> {
+        instantiate_with(&self.plugin, FsMode::Inline, async |s| self.pre.instantiate_async(s).await).await
+    }
+
+    async fn put_inline(&self, req: PutRequest, body: ByteStream) -> Result<ObjectInfo, PluginError> {
+        let (mut store, b) = self.inline_instance().await?;
+        let g = b.crownest_artifact_store_store();
+        let body = store
+            .data_mut()
+            .table
+            .push(streams::input_stream_from(body))
+            .map_err(|e| PluginError::internal(format!("cannot pass the body to the plugin: {e}")))?;
+        let wit_req = wit::PutRequest {
+            key: req.key.clone(),
+            size: req.size,
+            sha256: req.sha256.clone(),
+            content_type: req.content_type.clone(),
+            metadata: req.metadata.clone(),
+        };
+        let info =
+            guard::call(&mut store, "put", async |s| g.call_put(s, &wit_req, body).await).await?.map_err(from_wit)?;
+        let info = Self::check_info(&store, "put", info)?;
+        if info.size != req.size || info.sha256 != req.sha256 {
+            return Err(malformed(
+                &store,
+                "put",
+                format!(
+                    "it reports {} bytes with sha256 {} for a body of {} bytes with sha256 {}",
+                    info.size, info.sha256, req.size, req.sha256
+                ),
+            ));
+        }
+        Ok(info)
     }
 
     fn check_info(store: &Store<PluginState>, what: &str, info: wit::ObjectInfo) -> Result<ObjectInfo, PluginError> {
@@ -65,34 +102,13 @@ impl ArtifactStore for WasmArtifactStore {
     }
 
     async fn put(&self, req: PutRequest, body: ByteStream) -> Result<ObjectInfo, PluginError> {
-        let (mut store, b) = self.instance().await?;
-        let g = b.crownest_artifact_store_store();
-        let body = store
-            .data_mut()
-            .table
-            .push(streams::input_stream_from(body))
-            .map_err(|e| PluginError::internal(format!("cannot pass the body to the plugin: {e}")))?;
-        let wit_req = wit::PutRequest {
-            key: req.key.clone(),
-            size: req.size,
-            sha256: req.sha256.clone(),
-            content_type: req.content_type.clone(),
-            metadata: req.metadata.clone(),
-        };
-        let info =
-            guard::call(&mut store, "put", async |s| g.call_put(s, &wit_req, body).await).await?.map_err(from_wit)?;
-        let info = Self::check_info(&store, "put", info)?;
-        if info.size != req.size || info.sha256 != req.sha256 {
-            return Err(malformed(
-                &store,
-                "put",
-                format!(
-                    "it reports {} bytes with sha256 {} for a body of {} bytes with sha256 {}",
-                    info.size, info.sha256, req.size, req.sha256
-                ),
-            ));
-        }
-        Ok(info)
+        // The call runs whole off the runtime's workers, in a task of its
+        // own: the body may be a request body that only the caller's task
+        // (the connection) reads from the network.
+        let this = WasmArtifactStore { plugin: self.plugin.clone(), pre: self.pre.clone() };
+        tokio::spawn(async move { guard::off_runtime(this.put_inline(req, body)).await })
+            .await
+            .map_err(|e| PluginError::internal(format!("the put call failed: {e}")))?
     }
 
     async fn get(&self, locator: &str) -> Result<ByteStream, PluginError> {
@@ -103,16 +119,23 @@ impl ArtifactStore for WasmArtifactStore {
     }
 
     async fn stat(&self, locator: &str) -> Result<ObjectInfo, PluginError> {
-        let (mut store, b) = self.instance().await?;
-        let g = b.crownest_artifact_store_store();
-        let info = guard::call(&mut store, "stat", async |s| g.call_stat(s, locator).await).await?.map_err(from_wit)?;
-        Self::check_info(&store, "stat", info)
+        guard::off_runtime(async {
+            let (mut store, b) = self.inline_instance().await?;
+            let g = b.crownest_artifact_store_store();
+            let info =
+                guard::call(&mut store, "stat", async |s| g.call_stat(s, locator).await).await?.map_err(from_wit)?;
+            Self::check_info(&store, "stat", info)
+        })
+        .await
     }
 
     async fn delete(&self, locator: &str) -> Result<(), PluginError> {
-        let (mut store, b) = self.instance().await?;
-        let g = b.crownest_artifact_store_store();
-        guard::call(&mut store, "delete", async |s| g.call_delete(s, locator).await).await?.map_err(from_wit)
+        guard::off_runtime(async {
+            let (mut store, b) = self.inline_instance().await?;
+            let g = b.crownest_artifact_store_store();
+            guard::call(&mut store, "delete", async |s| g.call_delete(s, locator).await).await?.map_err(from_wit)
+        })
+        .await
     }
 
     async fn presign_get(&self, locator: &str, expires: Duration) -> Result<Option<String>, PluginError> {

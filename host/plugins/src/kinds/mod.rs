@@ -21,14 +21,23 @@ use wasmtime::Store;
 
 use crate::guard;
 use crate::loader::LoadedPlugin;
-use crate::state::PluginState;
+use crate::state::{FsMode, PluginState};
 
 /// A fresh store and the instance's typed bindings.
 pub(crate) async fn instantiate<B>(
     plugin: &LoadedPlugin,
     instantiate: impl AsyncFnOnce(&mut Store<PluginState>) -> wasmtime::Result<B>,
 ) -> Result<(Store<PluginState>, B), PluginError> {
-    let mut store = plugin.new_store()?;
+    instantiate_with(plugin, FsMode::Offloaded, instantiate).await
+}
+
+/// [`instantiate`] with the filesystem calls made as `mode` says.
+pub(crate) async fn instantiate_with<B>(
+    plugin: &LoadedPlugin,
+    mode: FsMode,
+    instantiate: impl AsyncFnOnce(&mut Store<PluginState>) -> wasmtime::Result<B>,
+) -> Result<(Store<PluginState>, B), PluginError> {
+    let mut store = plugin.new_store_with(mode)?;
     let bindings = guard::call(&mut store, "instantiate", instantiate).await?;
     Ok((store, bindings))
 }

@@ -226,6 +226,7 @@ pub async fn direct(
             }
         }
         let locator = store_archive(&state, &run, size, &sha, body_reader(body), None).await?;
+        tracing::debug!(run_id = %run.id, "step: archive stored");
         let info = ArchiveInfo { size_bytes: size, sha256: sha.clone(), upload: "direct".into(), locator, uploaded_at_ms: now_ms() };
         let run = attach(&state, &run, info).await?;
         tracing::info!(run_id = %run.id, size, "archive uploaded");

@@ -162,7 +162,10 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
                     return;
                 }
                 after = e.seq;
-                ended |= e.kind == EventType::Terminal;
+                if e.kind == EventType::Terminal {
+                    tracing::debug!(run_id = %run_id, "step: terminal handed to the connection");
+                    ended = true;
+                }
             }
             if ended {
                 return;

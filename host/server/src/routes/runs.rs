@@ -309,6 +309,7 @@ async fn queue(state: &AppState, caller: &Caller, id: &str) -> ApiResult<(crowne
     })?;
     let queued_now = queued.is_some();
     if let Some(e) = queued {
+        tracing::debug!(run_id = id, "step: queued");
         state.executor.hub().notify(id, e.seq);
         state.executor.spawn(id.to_string());
         caller.audit(state, "workspace_runs:start", Some(id), Some(&run.project_id), "success", None).await;
@@ -332,6 +333,7 @@ pub(crate) async fn auto_start(state: &AppState, caller: &Caller, run: crownest_
     if let Err(e) = admission_precheck(state, caller, &run).await {
         return refused(&run, e);
     }
+    tracing::debug!(run_id = %run.id, "step: admission checked");
     match queue(state, caller, &run.id).await {
         Ok((r, _)) => views::run(&r),
         Err(e) => refused(&run, e),
