@@ -78,11 +78,48 @@ fn ensure_parent(rel: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Run `op`, and once more after creating the parent directory of `rel`
+/// if it failed for want of it. Directories are made when first needed
+/// rather than checked on every put (a dozen filesystem calls fewer).
+fn with_parent<T>(what: &str, rel: &str, op: impl Fn() -> Result<T, ErrorCode>) -> Result<T, Error> {
+    match op() {
+        Err(ErrorCode::NoEntry) => {
+            ensure_parent(rel)?;
+            op().map_err(|c| fs_error(what, c))
+        }
+        other => other.map_err(|c| fs_error(what, c)),
+    }
+}
+
+/// A new file at `rel` (never an existing one).
+fn create_file(what: &str, root: &Descriptor, rel: &str) -> Result<Descriptor, Error> {
+    with_parent(what, rel, || {
+        root.open_at(PathFlags::empty(), rel, OpenFlags::CREATE | OpenFlags::EXCLUSIVE, DescriptorFlags::WRITE)
+    })
+}
+
+/// Move `from` to `to`, both under the root.
+fn place(what: &str, root: &Descriptor, from: &str, to: &str) -> Result<(), Error> {
+    with_parent(what, to, || root.rename_at(from, root, to))
+}
+
+/// Write a small file whole (a positioned write: no stream to set up).
+fn write_small(root: &Descriptor, rel: &str, bytes: &[u8]) -> Result<(), Error> {
+    let file = create_file("create metadata file", root, rel)?;
+    let mut done = 0usize;
+    while done < bytes.len() {
+        let n = file.write(&bytes[done..], done as u64).map_err(|c| fs_error("write metadata", c))?;
+        if n == 0 {
+            return Err(Error::Unavailable("writing the metadata made no progress".into()));
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
 /// Splice `body` into a fresh file `tmp`, returning the digest of what passed.
 fn write_verified(root: &Descriptor, tmp: &str, req: &PutRequest, body: InputStream) -> Result<(), Error> {
-    let file = root
-        .open_at(PathFlags::empty(), tmp, OpenFlags::CREATE | OpenFlags::EXCLUSIVE, DescriptorFlags::WRITE)
-        .map_err(|c| fs_error("create upload file", c))?;
+    let file = create_file("create upload file", root, tmp)?;
     let (hashed, hasher) = digest::hash_stream(body);
     let out = file.write_via_stream(0).map_err(|c| fs_error("open upload file", c))?;
     let mut written = 0u64;
@@ -128,7 +165,6 @@ impl Guest for FsArtifacts {
         keys::validate(&req.key)?;
         meta::validate_sha256(&req.sha256)?;
         let root = root_dir()?;
-        std::fs::create_dir_all(format!("{ROOT}/tmp")).map_err(|e| io_error("create tmp directory", e))?;
         let tmp = format!("tmp/{}", random_name());
         if let Err(e) = write_verified(&root, &tmp, &req, body) {
             let _ = root.unlink_file_at(&tmp);
@@ -142,18 +178,15 @@ impl Guest for FsArtifacts {
         };
         let object = format!("objects/{}", req.key);
         let meta_path = format!("meta/{}", req.key);
-        let publish = (|| {
-            ensure_parent(&object)?;
-            ensure_parent(&meta_path)?;
-            // Metadata first: an object file without metadata is invisible
-            // to `stat`, while metadata without an object is never written.
-            let meta_tmp = format!("{ROOT}/tmp/{}.meta", random_name());
-            std::fs::write(&meta_tmp, meta::encode(&info)).map_err(|e| io_error("write metadata", e))?;
-            root.rename_at(&tmp, &root, &object).map_err(|c| fs_error("publish object", c))?;
-            std::fs::rename(&meta_tmp, format!("{ROOT}/{meta_path}")).map_err(|e| io_error("publish metadata", e))
-        })();
+        // Metadata first: an object file without metadata is invisible to
+        // `stat`, while metadata without an object is never written.
+        let meta_tmp = format!("tmp/{}.meta", random_name());
+        let publish = write_small(&root, &meta_tmp, meta::encode(&info).as_bytes())
+            .and_then(|()| place("publish object", &root, &tmp, &object))
+            .and_then(|()| place("publish metadata", &root, &meta_tmp, &meta_path));
         if let Err(e) = publish {
             let _ = root.unlink_file_at(&tmp);
+            let _ = root.unlink_file_at(&meta_tmp);
             return Err(e);
         }
         Ok(info)

@@ -334,8 +334,15 @@ impl Executor {
         let hub = self.hub.clone();
         let id = run_id.to_string();
         let total = archive.size_bytes;
-        // Progress events at most every 250 ms (plus the final report).
-        let last = Arc::new(Mutex::new(Instant::now() - Duration::from_secs(1)));
+        // Progress events every 250 ms, from 250 ms in (plus the final
+        // report): an archive extracted sooner has only its final report,
+        // one commit fewer before its command starts.
+        let last = Arc::new(Mutex::new(Instant::now()));
+        // Each report is written by a task of its own (the extraction must
+        // not wait for the store), after the one before it: reports appear
+        // in order, and the final one waits for the last of them.
+        let pending: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let reports = pending.clone();
         let progress = Box::new(move |bytes: u64, entries: u64| {
             let mut l = last.lock().unwrap_or_else(|e| e.into_inner());
             if l.elapsed() < Duration::from_millis(250) {
@@ -343,32 +350,41 @@ impl Executor {
             }
             *l = Instant::now();
             let (store, hub, id) = (store.clone(), hub.clone(), id.clone());
-            tokio::spawn(async move {
+            let mut slot = reports.lock().unwrap_or_else(|e| e.into_inner());
+            let before = slot.take();
+            *slot = Some(tokio::spawn(async move {
+                if let Some(before) = before {
+                    let _ = before.await;
+                }
                 let data = json!({"contentBytes": bytes, "entries": entries, "archiveBytes": total});
                 if let Ok(evs) = store.append_events(id.clone(), vec![(EventType::ArchiveProgress, data)]).await {
                     if let Some(e) = evs.last() {
                         hub.notify(&id, e.seq);
                     }
                 }
-            });
+            }));
         });
         tracing::debug!(run_id, "step: archive opened");
         let report = tokio::select! {
             r = sandbox.extract_archive(stream, "/workspace", progress) => r,
             _ = cancel.notified() => return Ending { status: RunStatus::Canceled, exit_code: None, reason: Some("canceled"), message: Some("canceled during archive extraction".into()) },
         };
-        match report {
+        let last_progress = pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(written) = last_progress {
+            let _ = written.await;
+        }
+        let extracted = match report {
             Ok(r) => {
                 let data = json!({"contentBytes": r.content_bytes, "entries": r.entries, "archiveBytes": r.archive_bytes, "done": true});
                 g.extract = Some(data.clone());
-                self.event(run_id, EventType::ArchiveProgress, data).await;
+                data
             }
             Err(e) => {
                 let reason = if e.kind == ErrorKind::Invalid { "archive_invalid" } else { "archive_extraction_failed" };
                 self.event(run_id, EventType::Error, json!({"code": reason, "message": e.message})).await;
                 return Ending::failed(reason, e.message);
             }
-        }
+        };
 
         // The sandbox's own environment names the run that created it; a
         // reused sandbox must show the command the run it belongs to.
@@ -378,7 +394,10 @@ impl Executor {
             cwd: "/workspace".into(),
         };
         tracing::debug!(run_id, "step: extracted");
-        let execution = match sandbox.exec(&exec).await {
+        // The final report is committed while the command starts: the
+        // command's output is read, and its events appended, after both.
+        let (_, started) = tokio::join!(self.event(run_id, EventType::ArchiveProgress, extracted), sandbox.exec(&exec));
+        let execution = match started {
             Ok(x) => x,
             Err(e) => {
                 self.event(run_id, EventType::Error, json!({"code": "exec_failed", "message": e.message})).await;
