@@ -467,6 +467,51 @@ async fn idempotency_keys_replay_refuse_mismatches_and_in_flight_duplicates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_started_upload_is_replayed_byte_for_byte_and_runs_once() {
+    let s = server(&[]);
+    let api = Api::new(&s);
+    let create = || {
+        api.http
+            .post(format!("{}/v1/workspace-runs", s.url))
+            .bearer_auth(&s.api_key)
+            .header("Idempotency-Key", "c-auto")
+            .json(&json!({"command": "echo once", "autoStart": true}))
+            .send()
+    };
+    let first = create().await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first_body = first.bytes().await.unwrap();
+    let again = create().await.unwrap();
+    assert_eq!(again.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap()), Some("true"));
+    assert_eq!(again.bytes().await.unwrap(), first_body, "the stored response, byte for byte");
+    let run: serde_json::Value = serde_json::from_slice(&first_body).unwrap();
+    let id = run["data"]["id"].as_str().unwrap().to_string();
+
+    let archive = py_archive();
+    let url =
+        format!("{}/v1/workspace-runs/{id}/archive?sizeBytes={}&sha256={}", s.url, archive.len(), sha256(&archive));
+    let upload =
+        || api.http.put(&url).bearer_auth(&s.api_key).header("Idempotency-Key", "u-auto").body(archive.clone()).send();
+    let first = upload().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let first_body = first.bytes().await.unwrap();
+    let view: serde_json::Value = serde_json::from_slice(&first_body).unwrap();
+    assert_eq!(view["data"]["status"], "queued", "started by the upload: {view}");
+    assert!(view["data"].get("autoStartError").is_none());
+    let again = upload().await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap()), Some("true"));
+    assert_eq!(again.bytes().await.unwrap(), first_body, "the stored response, byte for byte");
+
+    let r = api.wait(&id).await;
+    assert_eq!(r["status"], "succeeded");
+    let events = api.all_events(&id).await;
+    let queued = events.iter().filter(|e| e["type"] == "status" && e["data"]["status"] == "queued").count();
+    assert_eq!(queued, 1, "queued once");
+    assert_eq!(api.output(&id, "stdout").await, "once\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_sandbox_is_reused_by_the_next_run() {
     let s = server(&[]);
     let api = Api::new(&s);

@@ -6,9 +6,13 @@
 //! duplicate arriving while the first is still being handled is a conflict
 //! (409). Server errors are not stored, so they can be retried.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use crownest_core::runs::store::{IdempotencyBegin, StoredResponse};
+use crownest_core::runs::Run;
+use crownest_core::runs::store::{IdempotencyBegin, RecordResponse, StoredResponse};
 use serde_json::Value;
 
 use crate::error::{ApiError, ApiResult};
@@ -54,7 +58,37 @@ fn replay(r: StoredResponse) -> Response {
     resp
 }
 
+/// The key of a request being handled, for a store call that writes the
+/// response in the same transaction as the request's effect.
+#[derive(Clone)]
+pub struct Slot {
+    project: String,
+    endpoint: String,
+    key: String,
+    recorded: Arc<AtomicBool>,
+}
+
+impl Slot {
+    /// The record of the response `view` renders from the run as the
+    /// transaction leaves it, sent with `status`. The handler must answer
+    /// with that same view when the call succeeds.
+    pub fn respond(&self, status: StatusCode, view: impl FnOnce(&Run) -> Value + Send + 'static) -> RecordResponse {
+        let recorded = self.recorded.clone();
+        RecordResponse {
+            project: self.project.clone(),
+            endpoint: self.endpoint.clone(),
+            key: self.key.clone(),
+            render: Box::new(move |run| {
+                recorded.store(true, Ordering::Release);
+                StoredResponse { status: status.as_u16(), body: json::envelope_bytes(&view(run)) }
+            }),
+        }
+    }
+}
+
 /// Run `f` once per (project, endpoint, key); without a key, just run it.
+/// `f` gets the key's [`Slot`] to record its response along with its
+/// effect; a response it did not record that way is recorded after it.
 pub async fn once<F>(
     state: &AppState,
     project: &str,
@@ -64,13 +98,13 @@ pub async fn once<F>(
     f: F,
 ) -> Response
 where
-    F: AsyncFnOnce() -> ApiResult<(StatusCode, Value)>,
+    F: AsyncFnOnce(Option<Slot>) -> ApiResult<(StatusCode, Value)>,
 {
     let respond = |r: ApiResult<(StatusCode, Value)>| match r {
         Ok((s, v)) => json::data(s, v),
         Err(e) => e.into_response(),
     };
-    let Some(key) = key else { return respond(f().await) };
+    let Some(key) = key else { return respond(f(None).await) };
     let (p, e) = (project.to_string(), endpoint.to_string());
     match state.store.idempotency_begin(p.clone(), e.clone(), key.clone(), request_hash).await {
         Err(err) => ApiError::store(err).into_response(),
@@ -86,10 +120,16 @@ where
         )
         .into_response(),
         Ok(IdempotencyBegin::Proceed) => {
-            let r = f().await;
-            let keep = stored(&r);
-            if let Err(err) = state.store.idempotency_finish(p, e, key, keep).await {
-                tracing::error!("cannot store idempotency record: {err}");
+            let slot = Slot { project: p.clone(), endpoint: e.clone(), key: key.clone(), recorded: Arc::default() };
+            let recorded = slot.recorded.clone();
+            let r = f(Some(slot)).await;
+            // A failure is settled here even if its transaction had
+            // rendered a response: that transaction did not commit.
+            if r.is_err() || !recorded.load(Ordering::Acquire) {
+                let keep = stored(&r);
+                if let Err(err) = state.store.idempotency_finish(p, e, key, keep).await {
+                    tracing::error!("cannot store idempotency record: {err}");
+                }
             }
             respond(r)
         }

@@ -1,14 +1,23 @@
 //! Resource ids: a type prefix and 20 random base32 characters (100 bits),
 //! e.g. `wsr_3kq…`. Random, so ids never reveal counts or order.
 
-use std::io::Read;
-
 const ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
 
-/// Random bytes from the kernel.
+/// Random bytes from the kernel's CSPRNG (`getrandom(2)`: no file to open
+/// per id, and it never blocks once the pool was initialized at boot).
 pub fn random_bytes(n: usize) -> Vec<u8> {
     let mut buf = vec![0u8; n];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).expect("read /dev/urandom");
+    let mut filled = 0;
+    while filled < n {
+        // SAFETY: getrandom writes at most `n - filled` bytes into the
+        // unfilled tail of `buf`.
+        let got = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), n - filled, 0) };
+        match got {
+            g if g > 0 => filled += g as usize,
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+            _ => panic!("getrandom failed: {}", std::io::Error::last_os_error()),
+        }
+    }
     buf
 }
 
@@ -59,6 +68,16 @@ mod tests {
         assert!(is_id(&id, "wsr"), "{id}");
         assert!(!is_id(&id, "art"));
         assert_ne!(id, new_id("wsr"));
+    }
+
+    #[test]
+    fn random_bytes_fill_the_whole_buffer() {
+        assert!(random_bytes(0).is_empty());
+        let (a, b) = (random_bytes(4096), random_bytes(4096));
+        assert_eq!(a.len(), 4096);
+        assert_ne!(a, b);
+        // A tail left unfilled would stay zero.
+        assert!(a[4000..].iter().any(|&x| x != 0));
     }
 
     #[test]

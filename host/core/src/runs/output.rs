@@ -305,7 +305,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let boot = store.bootstrap().unwrap().unwrap();
         let spec = crate::runs::model::RunSpec { command: "yes".into(), template: "base".into(), ..Default::default() };
-        store.create_run("wsr_t".into(), boot.org_id, boot.project_id, spec).await.unwrap();
+        store.create_run("wsr_t".into(), boot.org_id, boot.project_id, spec, None).await.unwrap();
         let hub = Arc::new(EventHub::default());
         let output: Vec<u8> = (0..10_000_000u32).map(|i| (i % 251) as u8).collect();
         let (mut tx, rx) = tokio::io::duplex(1 << 16);

@@ -17,14 +17,14 @@ use axum::response::{IntoResponse, Response};
 use crownest_core::ErrorKind;
 use crownest_core::ports::{ByteStream, PutRequest};
 use crownest_core::runs::ids::{new_id, now_ms};
-use crownest_core::runs::model::{ArchiveInfo, Run, RunStatus};
-use crownest_core::runs::store::{StoreError, Transfer};
+use crownest_core::runs::model::{ArchiveInfo, Event, Run, RunStatus};
+use crownest_core::runs::store::{RecordResponse, StoreError, Transfer};
 use futures_util::TryStreamExt;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, ReadBuf};
 
-use super::{number, visible_run};
+use super::{number, runs, visible_run};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -155,9 +155,18 @@ async fn store_archive(
     }
 }
 
-async fn attach(state: &AppState, run: &Run, info: ArchiveInfo) -> ApiResult<Run> {
+/// Attach the stored archive (and with `queue`, queue the run, with
+/// `respond`, record the response: one transaction); on failure the stored
+/// archive is deleted.
+async fn attach(
+    state: &AppState,
+    run: &Run,
+    info: ArchiveInfo,
+    queue: bool,
+    respond: Option<RecordResponse>,
+) -> ApiResult<(Run, Option<Event>)> {
     let locator = info.locator.clone();
-    match state.store.attach_archive(run.id.clone(), info).await {
+    match state.store.attach_archive(run.id.clone(), info, queue, respond).await {
         Ok(r) => Ok(r),
         Err(e) => {
             let _ = state.artifacts.delete(&locator).await;
@@ -207,7 +216,7 @@ pub async fn direct(
     };
     let hash = idempotency::hash(&[id.as_bytes(), size.to_string().as_bytes(), sha.as_bytes()]);
     let project = run.project_id.clone();
-    idempotency::once(&state, &project, "upload", key, hash, async || {
+    idempotency::once(&state, &project, "upload", key, hash, async |slot: Option<idempotency::Slot>| {
         let limit = state.limits.direct_upload_bytes;
         if size > limit {
             return Err(ApiError::new(
@@ -228,9 +237,19 @@ pub async fn direct(
         let locator = store_archive(&state, &run, size, &sha, body_reader(body), None).await?;
         tracing::debug!(run_id = %run.id, "step: archive stored");
         let info = ArchiveInfo { size_bytes: size, sha256: sha.clone(), upload: "direct".into(), locator, uploaded_at_ms: now_ms() };
-        let run = attach(&state, &run, info).await?;
+        // With `autoStart`, the meter is asked first, so that attaching the
+        // archive, queueing the run and recording the response are one
+        // commit.
+        let auto = runs::wants_auto_start(&run);
+        let refusal = if auto { runs::auto_start_refusal(&state, &caller, &run).await } else { None };
+        let view_refusal = refusal.clone();
+        let respond = slot.map(|s| s.respond(StatusCode::OK, move |r| runs::upload_view(r, view_refusal.as_ref())));
+        let (run, queued) = attach(&state, &run, info, auto && refusal.is_none(), respond).await?;
         tracing::info!(run_id = %run.id, size, "archive uploaded");
-        Ok((StatusCode::OK, super::runs::auto_start(&state, &caller, run).await))
+        if let Some(e) = queued {
+            runs::started(&state, &caller, &run, e).await;
+        }
+        Ok((StatusCode::OK, runs::upload_view(&run, refusal.as_ref())))
     })
     .await
 }
@@ -576,7 +595,7 @@ pub async fn complete_transfer(
         Err(e) => return e.into_response(),
     };
     let hash = idempotency::hash(&[id.as_bytes(), tid.as_bytes()]);
-    idempotency::once(&state, &run.project_id.clone(), "upload", key, hash, async || {
+    idempotency::once(&state, &run.project_id.clone(), "upload", key, hash, async |_| {
         let missing: Vec<u64> = (0..t.part_count()).filter(|n| !t.parts.contains(n)).collect();
         if t.mode != "presigned" && !missing.is_empty() {
             return Err(ApiError::conflict(
@@ -598,7 +617,7 @@ pub async fn complete_transfer(
             locator,
             uploaded_at_ms: now_ms(),
         };
-        let run = attach(&state, &run, info).await?;
+        let (run, _) = attach(&state, &run, info, false, None).await?;
         state.store.complete_transfer(tid.clone()).await.map_err(ApiError::store)?;
         if t.mode == "presigned" {
             for n in 0..t.part_count() {
@@ -610,7 +629,7 @@ pub async fn complete_transfer(
             let _ = tokio::fs::remove_dir_all(&dir).await;
         }
         tracing::info!(run_id = %run.id, size = t.size, mode = %t.mode, "staged archive completed");
-        Ok((StatusCode::OK, super::runs::auto_start(&state, &caller, run).await))
+        Ok((StatusCode::OK, runs::auto_start(&state, &caller, run).await))
     })
     .await
 }

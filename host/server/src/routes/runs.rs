@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use crownest_core::runs::ids::new_id;
-use crownest_core::runs::model::{ArtifactSpec, RunSpec, RunStatus};
+use crownest_core::runs::model::{ArtifactSpec, Event, RunSpec, RunStatus};
 use crownest_core::runs::store::ListFilter;
 use serde::Deserialize;
 use serde_json::json;
@@ -115,7 +115,7 @@ pub async fn create(
     };
     let hash = idempotency::hash(&[&body]);
     let artifacts = validate_artifacts(parsed.artifacts);
-    idempotency::once(&state, &project, "create", key, hash, async || {
+    idempotency::once(&state, &project, "create", key, hash, async |slot: Option<idempotency::Slot>| {
         let command = parsed.command.trim();
         if command.is_empty() {
             return Err(ApiError::bad_request("invalid_request", "`command` must not be empty"));
@@ -179,8 +179,12 @@ pub async fn create(
             artifacts: artifacts.clone()?,
             auto_start: parsed.auto_start,
         };
-        let run =
-            state.store.create_run(new_id("wsr"), org.clone(), project.clone(), spec).await.map_err(ApiError::store)?;
+        let respond = slot.map(|s| s.respond(StatusCode::CREATED, |run| views::run(run)));
+        let run = state
+            .store
+            .create_run(new_id("wsr"), org.clone(), project.clone(), spec, respond)
+            .await
+            .map_err(ApiError::store)?;
         tracing::info!(run_id = %run.id, project_id = %run.project_id, "run created");
         caller.audit(&state, "workspace_runs:create", Some(&run.id), Some(&run.project_id), "success", None).await;
         Ok((StatusCode::CREATED, views::run(&run)))
@@ -287,7 +291,7 @@ pub async fn start(
         }
     }
     let hash = idempotency::hash(&[id.as_bytes()]);
-    idempotency::once(&state, &run.project_id.clone(), "start", key, hash, async || {
+    idempotency::once(&state, &run.project_id.clone(), "start", key, hash, async |_| {
         if run.cancel_requested || run.status.is_terminal() {
             return Ok((StatusCode::OK, views::run(&run)));
         }
@@ -300,7 +304,7 @@ pub async fn start(
 /// Queue a run whose archive is in place and hand it to the executor;
 /// `false` when it was already queued or further along.
 async fn queue(state: &AppState, caller: &Caller, id: &str) -> ApiResult<(crownest_core::runs::Run, bool)> {
-    let (run, queued) = state.store.queue_run(id.to_string()).await.map_err(|e| match e {
+    let (run, queued) = state.store.queue_run(id.to_string(), None).await.map_err(|e| match e {
         crownest_core::runs::store::StoreError::Conflict(_) => ApiError::conflict(
             "archive_missing",
             format!("workspace run {id} has no archive yet: upload one (directly or through a staged transfer) before starting it"),
@@ -309,12 +313,46 @@ async fn queue(state: &AppState, caller: &Caller, id: &str) -> ApiResult<(crowne
     })?;
     let queued_now = queued.is_some();
     if let Some(e) = queued {
-        tracing::debug!(run_id = id, "step: queued");
-        state.executor.hub().notify(id, e.seq);
-        state.executor.spawn(id.to_string());
-        caller.audit(state, "workspace_runs:start", Some(id), Some(&run.project_id), "success", None).await;
+        started(state, caller, &run, e).await;
     }
     Ok((run, queued_now))
+}
+
+/// After the transaction that queued `run` (its `status` event `e`): hand
+/// it to the executor.
+pub(crate) async fn started(state: &AppState, caller: &Caller, run: &crownest_core::runs::Run, e: Event) {
+    tracing::debug!(run_id = %run.id, "step: queued");
+    state.executor.hub().notify(&run.id, e.seq);
+    state.executor.spawn(run.id.clone());
+    caller.audit(state, "workspace_runs:start", Some(&run.id), Some(&run.project_id), "success", None).await;
+}
+
+/// Whether an upload should start `run` (created with `autoStart`, not
+/// canceled, not started yet).
+pub(crate) fn wants_auto_start(run: &crownest_core::runs::Run) -> bool {
+    run.spec.auto_start && !run.cancel_requested && run.status == RunStatus::AwaitingArchive
+}
+
+/// Why the meter would refuse to start `run` now, as `autoStartError`'s
+/// code and message; `None` when it may start.
+pub(crate) async fn auto_start_refusal(
+    state: &AppState,
+    caller: &Caller,
+    run: &crownest_core::runs::Run,
+) -> Option<(String, String)> {
+    let refusal = admission_precheck(state, caller, run).await.err().map(|e| (e.code, e.message));
+    tracing::debug!(run_id = %run.id, "step: admission checked");
+    refusal
+}
+
+/// The view an upload answers with: the run, and `autoStartError` when
+/// its automatic start was refused.
+pub(crate) fn upload_view(run: &crownest_core::runs::Run, refusal: Option<&(String, String)>) -> serde_json::Value {
+    let mut v = views::run(run);
+    if let Some((code, message)) = refusal {
+        v["autoStartError"] = json!({"code": code, "message": message});
+    }
+    v
 }
 
 /// After an upload attached the archive of a run created with `autoStart`:
@@ -322,21 +360,15 @@ async fn queue(state: &AppState, caller: &Caller, id: &str) -> ApiResult<(crowne
 /// the upload: the run stays startable and the view says why under
 /// `autoStartError`.
 pub(crate) async fn auto_start(state: &AppState, caller: &Caller, run: crownest_core::runs::Run) -> serde_json::Value {
-    if !run.spec.auto_start || run.cancel_requested || run.status != RunStatus::AwaitingArchive {
+    if !wants_auto_start(&run) {
         return views::run(&run);
     }
-    let refused = |run: &crownest_core::runs::Run, e: ApiError| {
-        let mut v = views::run(run);
-        v["autoStartError"] = json!({"code": e.code, "message": e.message});
-        v
-    };
-    if let Err(e) = admission_precheck(state, caller, &run).await {
-        return refused(&run, e);
+    if let Some(refusal) = auto_start_refusal(state, caller, &run).await {
+        return upload_view(&run, Some(&refusal));
     }
-    tracing::debug!(run_id = %run.id, "step: admission checked");
     match queue(state, caller, &run.id).await {
         Ok((r, _)) => views::run(&r),
-        Err(e) => refused(&run, e),
+        Err(e) => upload_view(&run, Some(&(e.code, e.message))),
     }
 }
 

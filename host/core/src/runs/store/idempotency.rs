@@ -14,6 +14,30 @@ pub struct StoredResponse {
     pub body: Vec<u8>,
 }
 
+/// The response to a request with an idempotency key, written in the
+/// same transaction as the request's effect: one commit instead of two,
+/// and no crash can leave the effect without the record that prevents
+/// its repetition.
+pub struct RecordResponse {
+    pub project: String,
+    pub endpoint: String,
+    pub key: String,
+    /// Renders the response from the run as the transaction left it.
+    pub render: Box<dyn FnOnce(&crate::runs::model::Run) -> StoredResponse + Send>,
+}
+
+impl RecordResponse {
+    /// Write the response rendered from `run` (inside a transaction).
+    pub(crate) fn write(self, conn: &rusqlite::Connection, run: &crate::runs::model::Run) -> Result<()> {
+        let r = (self.render)(run);
+        conn.execute(
+            "UPDATE idempotency SET state = 'done', status_code = ?4, body = ?5 WHERE project_id = ?1 AND endpoint = ?2 AND key = ?3",
+            params![self.project, self.endpoint, self.key, r.status as i64, r.body],
+        )?;
+        Ok(())
+    }
+}
+
 /// What to do with a request carrying an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdempotencyBegin {
@@ -90,5 +114,46 @@ impl Store {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runs::model::RunSpec;
+
+    fn record(key: &str, body: &'static [u8]) -> RecordResponse {
+        RecordResponse {
+            project: "prj".into(),
+            endpoint: "create".into(),
+            key: key.into(),
+            render: Box::new(move |run| StoredResponse { status: 201, body: [body, run.id.as_bytes()].concat() }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_response_recorded_with_its_effect_is_replayed_and_one_without_it_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let begin = |key: &str| store.idempotency_begin("prj".into(), "create".into(), key.into(), "h".into());
+        assert_eq!(begin("k1").await.unwrap(), IdempotencyBegin::Proceed);
+        let run = store
+            .create_run("wsr_a".into(), "org".into(), "prj".into(), RunSpec::default(), Some(record("k1", b"run ")))
+            .await
+            .unwrap();
+        assert_eq!(run.id, "wsr_a");
+        // Rendered from the run the transaction wrote, and committed with it.
+        assert_eq!(
+            begin("k1").await.unwrap(),
+            IdempotencyBegin::Replay(StoredResponse { status: 201, body: b"run wsr_a".to_vec() })
+        );
+        // The same id again fails the insert: the record of that request is
+        // not written either, so its key stays in flight until settled.
+        assert_eq!(begin("k2").await.unwrap(), IdempotencyBegin::Proceed);
+        let dup = store
+            .create_run("wsr_a".into(), "org".into(), "prj".into(), RunSpec::default(), Some(record("k2", b"x")))
+            .await;
+        assert!(dup.is_err());
+        assert_eq!(begin("k2").await.unwrap(), IdempotencyBegin::InFlight);
     }
 }

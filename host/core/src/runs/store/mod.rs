@@ -21,7 +21,7 @@ use rusqlite::Connection;
 pub use auth::{ApiKeyRecord, Bootstrap, FULL_SCOPES};
 pub use control::{ApiKeyInfo, AuditEvent, AuditFilter, Project};
 pub use events::Finish;
-pub use idempotency::{IdempotencyBegin, StoredResponse};
+pub use idempotency::{IdempotencyBegin, RecordResponse, StoredResponse};
 pub use runs::{ArtifactRecord, ListFilter, Transition};
 pub use transfers::Transfer;
 

@@ -2,7 +2,7 @@
 
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::{Result, Store, StoreError};
+use super::{RecordResponse, Result, Store, StoreError};
 use crate::runs::ids::now_ms;
 use crate::runs::model::{ArchiveInfo, Event, EventType, Run, RunSpec, RunStatus};
 
@@ -100,16 +100,44 @@ fn artifact_from_row(r: &Row<'_>) -> rusqlite::Result<ArtifactRecord> {
     })
 }
 
+/// `awaiting_archive` (with an archive) → `queued`
+/// and its `status` event, inside a transaction; `None` when the run was
+/// not in that state.
+fn queue_in(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<Option<Event>> {
+    let n = tx.execute(
+        "UPDATE runs SET status = 'queued', queued_at = ?2 WHERE id = ?1 AND status = 'awaiting_archive' AND archive IS NOT NULL",
+        params![id, now_ms() as i64],
+    )?;
+    if n == 0 {
+        return Ok(None);
+    }
+    Ok(Some(super::events::insert(tx, id, EventType::Status, &serde_json::json!({"status": "queued"}))?))
+}
+
 impl Store {
     /// Insert a new run in `awaiting_archive`.
-    pub async fn create_run(&self, id: String, org_id: String, project_id: String, spec: RunSpec) -> Result<Run> {
+    /// With `respond`, the idempotency record commits with the run.
+    pub async fn create_run(
+        &self,
+        id: String,
+        org_id: String,
+        project_id: String,
+        spec: RunSpec,
+        respond: Option<RecordResponse>,
+    ) -> Result<Run> {
         self.with(move |conn| {
             let spec_json = serde_json::to_string(&spec).map_err(db)?;
-            conn.execute(
+            let tx = conn.transaction()?;
+            tx.execute(
                 "INSERT INTO runs (id, org_id, project_id, status, spec, created_at) VALUES (?1, ?2, ?3, 'awaiting_archive', ?4, ?5)",
                 params![id, org_id, project_id, spec_json, now_ms() as i64],
             )?;
-            load_run(conn, &id)
+            let run = load_run(&tx, &id)?;
+            if let Some(r) = respond {
+                r.write(&tx, &run)?;
+            }
+            tx.commit()?;
+            Ok(run)
         })
         .await
     }
@@ -165,22 +193,39 @@ impl Store {
     }
 
     /// Record the verified archive; refuses a second one.
-    pub async fn attach_archive(&self, id: String, archive: ArchiveInfo) -> Result<Run> {
+    /// Attach a run's verified archive; with `queue`, also queue the run
+    /// (as [`Store::queue_run`]), and with
+    /// `respond`, record the idempotent response: one transaction. Returns
+    /// the run and, when it was queued, its `status` event.
+    pub async fn attach_archive(
+        &self,
+        id: String,
+        archive: ArchiveInfo,
+        queue: bool,
+        respond: Option<RecordResponse>,
+    ) -> Result<(Run, Option<Event>)> {
         self.with(move |conn| {
             let json = serde_json::to_string(&archive).map_err(db)?;
-            let n = conn.execute(
+            let tx = conn.transaction()?;
+            let n = tx.execute(
                 "UPDATE runs SET archive = ?2 WHERE id = ?1 AND archive IS NULL AND status = 'awaiting_archive'",
                 params![id, json],
             )?;
-            let run = load_run(conn, &id)?;
             if n == 0 {
+                let run = load_run(&tx, &id)?;
                 return Err(StoreError::Conflict(if run.archive.is_some() {
                     "archive_already_uploaded".into()
                 } else {
                     "run_not_awaiting_archive".into()
                 }));
             }
-            Ok(run)
+            let event = if queue { queue_in(&tx, &id)? } else { None };
+            let run = load_run(&tx, &id)?;
+            if let Some(r) = respond {
+                r.write(&tx, &run)?;
+            }
+            tx.commit()?;
+            Ok((run, event))
         })
         .await
     }
@@ -188,21 +233,16 @@ impl Store {
     /// `awaiting_archive` (with an archive) → `queued`, with its `status`
     /// event in the same transaction. Returns the run and the event when
     /// this call queued it (`None`: it was already past that point).
-    pub async fn queue_run(&self, id: String) -> Result<(Run, Option<Event>)> {
+    pub async fn queue_run(&self, id: String, respond: Option<RecordResponse>) -> Result<(Run, Option<Event>)> {
         self.with(move |conn| {
             let tx = conn.transaction()?;
-            let n = tx.execute(
-                "UPDATE runs SET status = 'queued', queued_at = ?2 WHERE id = ?1 AND status = 'awaiting_archive' AND archive IS NOT NULL",
-                params![id, now_ms() as i64],
-            )?;
-            let event = if n == 1 {
-                Some(super::events::insert(&tx, &id, EventType::Status, &serde_json::json!({"status": "queued"}))?)
-            } else {
-                None
-            };
+            let event = queue_in(&tx, &id)?;
             let run = load_run(&tx, &id)?;
-            if n == 0 && run.status == RunStatus::AwaitingArchive {
+            if event.is_none() && run.status == RunStatus::AwaitingArchive {
                 return Err(StoreError::Conflict("archive_missing".into()));
+            }
+            if let Some(r) = respond {
+                r.write(&tx, &run)?;
             }
             tx.commit()?;
             Ok((run, event))
