@@ -83,19 +83,19 @@ fn sha256_file(path: &Path) -> Result<(u64, String)> {
 pub async fn upload(client: &Client, run_id: &str, archive: &Path, expected: Option<&str>) -> Result<Value> {
     check_archive_path(archive)?;
     let path = archive.to_path_buf();
-    // A small archive is read once and hashed in memory; a large one is
-    // hashed here and streamed in parts below.
-    let (size, sha, small) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let len = std::fs::metadata(&path).with_context(|| format!("cannot open {}", path.display()))?.len();
-        if len <= DIRECT_MAX {
-            let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            let sha = hex::encode(Sha256::digest(&bytes));
-            return Ok((bytes.len() as u64, sha, Some(bytes)));
-        }
-        let (size, sha) = sha256_file(&path)?;
-        Ok((size, sha, None))
-    })
-    .await??;
+    // A small archive is read once and hashed in memory, right here (the
+    // CLI has nothing else to do meanwhile, and a thread to do it on costs
+    // more than reading a few KiB); a large one is hashed on the blocking
+    // pool and streamed in parts below.
+    let len = std::fs::metadata(&path).with_context(|| format!("cannot open {}", path.display()))?.len();
+    let (size, sha, small) = if len <= DIRECT_MAX {
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let sha = hex::encode(Sha256::digest(&bytes));
+        (bytes.len() as u64, sha, Some(bytes))
+    } else {
+        let (size, sha) = tokio::task::spawn_blocking(move || sha256_file(&path)).await??;
+        (size, sha, None)
+    };
     if let Some(e) = expected {
         if !e.eq_ignore_ascii_case(&sha) {
             bail!("{} has sha256 {sha}, not the expected {e}", archive.display());
