@@ -511,8 +511,7 @@ impl Cell {
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
-        let mut child = cmd
-            .spawn()
+        let mut child = crate::spawner::spawn(cmd)
             .map_err(|e| unavailable(&format!("start the sandbox helper {}", self.host.cfg.helper.display()), e))?;
         let (stdout, stderr, stdin) = (child.stdout.take(), child.stderr.take(), child.stdin.take());
         // Bigger pipes: fewer wake-ups and reads when a command floods output.

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod paths;
 pub mod process;
 pub mod seccomp;
+pub mod spawner;
 pub mod spec;
 pub mod warm;
 

@@ -2,6 +2,7 @@ mod common;
 
 use common::*;
 use crownest_sandbox::ExitStatus;
+use tokio::io::AsyncReadExt as _;
 
 #[tokio::test]
 async fn a_command_runs_and_reports_its_exit_code() {
@@ -48,4 +49,32 @@ async fn commands_run_under_the_configured_scheduling_policy() {
         assert_eq!(out, format!("{policy}\n{policy}\n"), "batch_scheduling = {batch}");
         cell.destroy().unwrap();
     }
+}
+
+/// A sandbox dies with the server (the jail asks for SIGKILL when its
+/// parent goes), and Linux ties that signal to the *thread* that forked
+/// it: a sandbox started from a thread that then ends (a blocking-pool
+/// thread retiring after 10 idle seconds, a runtime worker that ran
+/// `block_in_place`) must live on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_outlives_the_thread_that_started_it() {
+    let env = env();
+    let cell = std::sync::Arc::new(env.host.create_cell("test", &unique("thread"), limits(), vec![]).unwrap());
+    let (c, rt) = (cell.clone(), tokio::runtime::Handle::current());
+    let spawned = std::thread::spawn(move || {
+        let _in_runtime = rt.enter();
+        let s = c.spawn(&spec("sleep 1; echo survived")).unwrap();
+        // Ends once the sandbox is up (a thread gone before the jail asked
+        // for the signal would prove nothing).
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        s
+    })
+    .join()
+    .unwrap();
+    let mut out = String::new();
+    let mut stdout = spawned.stdout;
+    stdout.read_to_string(&mut out).await.unwrap();
+    let o = spawned.tree.wait().await;
+    assert_eq!((o.status, out.as_str()), (ExitStatus::Exited(0), "survived\n"));
+    cell.destroy().unwrap();
 }
