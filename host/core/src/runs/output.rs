@@ -253,7 +253,12 @@ pub async fn capture(
     // disk from there, without a copy.
     // (At least one byte of room, or a read would look like end-of-file.)
     let chunk_bytes = settings.chunk_bytes.max(1);
-    let mut buf = ChunkBuf::with_capacity(chunk_bytes);
+    // Most commands print little: the first buffer (zeroed on allocation,
+    // 4 MiB by default) comes from, and goes back to, the recycler too.
+    let fresh = || {
+        recycler.spare().filter(|b| b.capacity() == chunk_bytes).unwrap_or_else(|| ChunkBuf::with_capacity(chunk_bytes))
+    };
+    let mut buf = fresh();
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut eof = false;
     while !eof {
@@ -276,10 +281,7 @@ pub async fn capture(
             _ = flush_due => true,
         };
         if (full || eof) && !buf.is_empty() {
-            let next = recycler
-                .spare()
-                .filter(|b| b.capacity() == chunk_bytes)
-                .unwrap_or_else(|| ChunkBuf::with_capacity(chunk_bytes));
+            let next = if eof { ChunkBuf::default() } else { fresh() };
             let chunk = std::mem::replace(&mut buf, next);
             if tx.send(chunk).await.is_err() {
                 break;
@@ -288,6 +290,9 @@ pub async fn capture(
         }
     }
     drop(tx);
+    if buf.capacity() == chunk_bytes {
+        recycler.give_back(buf);
+    }
     flusher.await.map_err(std::io::Error::other)?
 }
 

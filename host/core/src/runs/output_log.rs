@@ -58,6 +58,13 @@ pub struct ChunkBuf {
     capacity: usize,
 }
 
+impl Default for ChunkBuf {
+    /// No room at all, and no allocation.
+    fn default() -> ChunkBuf {
+        ChunkBuf { raw: Vec::new(), start: 0, len: 0, capacity: 0 }
+    }
+}
+
 impl ChunkBuf {
     /// An empty buffer with room for `capacity` bytes.
     pub fn with_capacity(capacity: usize) -> ChunkBuf {

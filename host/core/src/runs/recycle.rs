@@ -81,6 +81,15 @@ impl<T: Reusable> Recycler<T> {
         Lender { home: self.home.clone() }
     }
 
+    /// Keep `buf`, never lent out or back from its work, for reuse (freed
+    /// when `keep` are waiting already or it is over `max_room`).
+    pub fn give_back(&self, mut buf: T) {
+        if buf.room() <= self.home.max_room {
+            buf.clear();
+            let _ = self.home.spares.try_send(buf);
+        }
+    }
+
     /// Free the buffers waiting for reuse (a producer going idle should not
     /// hold megabytes it may never need again).
     pub fn release_spares(&self) {
@@ -161,6 +170,22 @@ mod tests {
         drop(r.lender().lend(String::from("x")));
         r.release_spares();
         assert!(r.spare().is_none());
+    }
+
+    #[test]
+    fn a_buffer_given_back_is_reused_emptied() {
+        let r = Recycler::<Vec<u8>>::new(1, 1 << 20);
+        let mut buf = Vec::with_capacity(4096);
+        buf.extend_from_slice(b"left over");
+        let ptr = buf.as_ptr();
+        r.give_back(buf);
+        r.give_back(Vec::with_capacity(16));
+        let back = r.spare().expect("kept");
+        assert!(back.is_empty());
+        assert_eq!(back.as_ptr(), ptr, "the same allocation");
+        assert!(r.spare().is_none(), "only one is kept");
+        r.give_back(Vec::with_capacity(2 << 20));
+        assert!(r.spare().is_none(), "over max_room: freed");
     }
 
     #[test]
