@@ -245,18 +245,24 @@ impl Executor {
         let info = sandbox.info().clone();
         tracing::debug!(run_id, sandbox_id = %info.id, reused, "step: sandbox ready");
         let started = Instant::now();
-        let run = match self
-            .store
-            .transition(
-                run_id.to_string(),
-                Transition::Running { sandbox_id: info.id.clone(), template_digest: info.template_digest.clone() },
-                (
-                    EventType::Status,
-                    json!({"status": "running", "sandboxId": info.id, "template": info.template, "templateDigest": info.template_digest}),
-                ),
-            )
-            .await
-        {
+        // The archive is opened while the transition commits (opening
+        // only reads; nothing is written or sent before `running`).
+        let open_archive = async {
+            match &run.archive {
+                Some(a) => Some(self.backends.artifacts.get(&a.locator).await),
+                None => None,
+            }
+        };
+        let transition = self.store.transition(
+            run_id.to_string(),
+            Transition::Running { sandbox_id: info.id.clone(), template_digest: info.template_digest.clone() },
+            (
+                EventType::Status,
+                json!({"status": "running", "sandboxId": info.id, "template": info.template, "templateDigest": info.template_digest}),
+            ),
+        );
+        let (transitioned, archive) = tokio::join!(transition, open_archive);
+        let run = match transitioned {
             Ok((r, e)) => {
                 self.hub.notify(run_id, e.seq);
                 r
@@ -268,7 +274,7 @@ impl Executor {
         };
 
         tracing::debug!(run_id, "step: running");
-        let ending = self.run_in(&run, sandbox.as_ref(), reused, &cancel, lease.as_deref(), &mut g).await;
+        let ending = self.run_in(&run, archive, sandbox.as_ref(), reused, &cancel, lease.as_deref(), &mut g).await;
         self.collect_artifacts(&run, sandbox.as_ref(), &mut g).await;
         tracing::debug!(run_id, "step: artifacts collected");
         g.metering = if run.spec.keep_sandbox {
@@ -313,9 +319,13 @@ impl Executor {
         Ok((Arc::from(self.backends.runtime.create_sandbox(&spec).await?), false))
     }
 
+    /// Extract the archive (`opened` from the artifact store) and run the
+    /// command.
+    #[allow(clippy::too_many_arguments)]
     async fn run_in(
         &self,
         run: &Run,
+        opened: Option<Result<crate::ports::ByteStream, PluginError>>,
         sandbox: &dyn Sandbox,
         reused: bool,
         cancel: &Notify,
@@ -323,10 +333,12 @@ impl Executor {
         g: &mut Gathered,
     ) -> Ending {
         let run_id = run.id.as_str();
-        let Some(archive) = &run.archive else { return Ending::failed("archive_missing", "the run has no archive") };
+        let (Some(archive), Some(opened)) = (&run.archive, opened) else {
+            return Ending::failed("archive_missing", "the run has no archive");
+        };
         // A reused sandbox keeps its workspace; the archive goes on top.
         let _ = reused;
-        let stream = match self.backends.artifacts.get(&archive.locator).await {
+        let stream = match opened {
             Ok(s) => s,
             Err(e) => return Ending::failed("archive_unavailable", format!("cannot read the stored archive: {e}")),
         };
