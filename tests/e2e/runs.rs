@@ -310,6 +310,36 @@ async fn staged_transfers_are_resumable_and_verified() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completing_a_staged_transfer_starts_an_auto_start_run_once() {
+    let s = server(&[]);
+    let api = Api::new(&s);
+    let archive = py_archive();
+    let run = api.create(json!({"command": "cat main.py", "autoStart": true})).await;
+    let id = run["id"].as_str().unwrap();
+    let (st, t) = api.open_transfer(id, &archive).await;
+    assert_eq!(st, 201, "{t}");
+    let tid = t["data"]["id"].as_str().unwrap();
+    let (st, v) = api
+        .send(
+            api.http
+                .put(format!("{}/v1/workspace-runs/{id}/archive-transfers/{tid}/parts/0", s.url))
+                .body(archive.clone()),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = api.post(&format!("/v1/workspace-runs/{id}/archive-transfers/{tid}/complete"), json!({})).await;
+    assert_eq!(st, 200, "{v}");
+    assert_ne!(v["data"]["status"], "awaiting_archive", "started by the completion: {v}");
+    assert!(v["data"].get("autoStartError").is_none(), "{v}");
+    let (_, t) = api.get(&format!("/v1/workspace-runs/{id}/archive-transfers/{tid}")).await;
+    assert_eq!(t["data"]["status"], "complete", "{t}");
+    assert_eq!(api.wait(id).await["status"], "succeeded");
+    let events = api.all_events(id).await;
+    let queued = events.iter().filter(|e| e["type"] == "status" && e["data"]["status"] == "queued").count();
+    assert_eq!(queued, 1, "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_staged_transfer_with_a_wrong_checksum_attaches_nothing() {
     let s = server(&[]);
     let api = Api::new(&s);

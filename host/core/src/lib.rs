@@ -6,6 +6,7 @@
 //! fakes), the error type every plugin call returns, the configuration file,
 //! and the durable stores. It knows nothing of HTTP or wasmtime.
 
+pub mod blocking;
 pub mod config;
 pub mod error;
 pub mod kv;

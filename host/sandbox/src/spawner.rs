@@ -16,8 +16,8 @@ use std::sync::mpsc::{Sender, channel, sync_channel};
 
 type Job = Box<dyn FnOnce() + Send>;
 
-fn spawner() -> &'static std::sync::Mutex<Sender<Job>> {
-    static SPAWNER: OnceLock<std::sync::Mutex<Sender<Job>>> = OnceLock::new();
+fn spawner() -> &'static Sender<Job> {
+    static SPAWNER: OnceLock<Sender<Job>> = OnceLock::new();
     SPAWNER.get_or_init(|| {
         let (tx, rx) = channel::<Job>();
         std::thread::Builder::new()
@@ -28,7 +28,7 @@ fn spawner() -> &'static std::sync::Mutex<Sender<Job>> {
                 }
             })
             .expect("start the sandbox spawner thread");
-        std::sync::Mutex::new(tx)
+        tx
     })
 }
 
@@ -42,10 +42,6 @@ pub fn spawn(mut cmd: tokio::process::Command) -> io::Result<tokio::process::Chi
         let _in_runtime = runtime.enter();
         let _ = done.send(cmd.spawn());
     });
-    spawner()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send(job)
-        .map_err(|_| io::Error::other("the sandbox spawner thread is gone"))?;
+    spawner().send(job).map_err(|_| io::Error::other("the sandbox spawner thread is gone"))?;
     result.recv().map_err(|_| io::Error::other("the sandbox spawner thread is gone"))?
 }

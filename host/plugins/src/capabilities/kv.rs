@@ -17,15 +17,10 @@ impl PluginState {
         let kv = self.env.kv.clone();
         let ns = self.env.ident.kind.config_key();
         let started = std::time::Instant::now();
-        // A kv call is short (no fsync of its own): on the multi-threaded
-        // runtime it runs right here with this worker's other tasks handed
-        // to another thread, as the run store does; a hand-off to the
-        // blocking pool and back per call made a meter's bookkeeping (a few
-        // calls per run) cost a third of a millisecond of thread wake-ups.
-        let result = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| f(kv.as_ref(), ns)),
-            _ => tokio::task::spawn_blocking(move || f(kv.as_ref(), ns)).await?,
-        };
+        // A kv call is short (no fsync of its own): in place, as the run
+        // store's calls (a blocking-pool round trip per call made a meter's
+        // few calls per run cost a third of a millisecond).
+        let result = crownest_core::blocking::in_place(move || f(kv.as_ref(), ns)).await?;
         // Waiting on the disk is not the plugin's fault.
         self.clock.exclude(started.elapsed());
         Ok(result.map_err(to_wit_error))

@@ -71,18 +71,12 @@ impl PluginState {
     }
 
     /// Run blocking cell work without stalling the async scheduler, not
-    /// charging the wait to the plugin's deadline. On the multi-threaded
-    /// runtime it runs right here, this worker's other tasks handed to
-    /// another thread (`block_in_place`): most cell work is a handful of
-    /// syscalls, and a round trip through the blocking pool (two thread
-    /// wake-ups, 0.1-0.2 ms on a VM) cost more than the work, several times
-    /// per run.
+    /// charging the wait to the plugin's deadline. In place
+    /// ([`crownest_core::blocking::in_place`]): most cell work is a handful
+    /// of syscalls, less than a blocking-pool round trip.
     async fn blocking<T: Send + 'static>(&mut self, f: impl FnOnce() -> T + Send + 'static) -> wasmtime::Result<T> {
         let started = Instant::now();
-        let out = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-            _ => tokio::task::spawn_blocking(f).await?,
-        };
+        let out = crownest_core::blocking::in_place(f).await?;
         self.clock.exclude(started.elapsed());
         Ok(out)
     }

@@ -18,7 +18,7 @@ use crownest_core::ErrorKind;
 use crownest_core::ports::{ByteStream, PutRequest};
 use crownest_core::runs::ids::{new_id, now_ms};
 use crownest_core::runs::model::{ArchiveInfo, Event, Run, RunStatus};
-use crownest_core::runs::store::{RecordResponse, StoreError, Transfer};
+use crownest_core::runs::store::{StoreError, Transfer};
 use futures_util::TryStreamExt;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -155,19 +155,33 @@ async fn store_archive(
     }
 }
 
-/// Attach the stored archive (and with `queue`, queue the run, with
-/// `respond`, record the response: one transaction); on failure the stored
+/// An archive attached by an upload, and what its automatic start did.
+struct Attached {
+    run: Run,
+    /// The `queued` status event, when the upload queued the run.
+    queued: Option<Event>,
+    /// Why the meter refused the run's `autoStart`: code and message.
+    refusal: Option<(String, String)>,
+}
+
+/// Attach the stored archive. A run created with `autoStart` is queued in
+/// the same transaction when the meter admits it (asked first), and the
+/// response is recorded there under `slot`'s key. On failure the stored
 /// archive is deleted.
 async fn attach(
     state: &AppState,
+    caller: &Caller,
     run: &Run,
     info: ArchiveInfo,
-    queue: bool,
-    respond: Option<RecordResponse>,
-) -> ApiResult<(Run, Option<Event>)> {
+    slot: Option<idempotency::Slot>,
+) -> ApiResult<Attached> {
+    let auto = run.spec.auto_start && !run.cancel_requested && run.status == RunStatus::AwaitingArchive;
+    let refusal = if auto { runs::auto_start_refusal(state, caller, run).await } else { None };
+    let view_refusal = refusal.clone();
+    let respond = slot.map(|s| s.respond(StatusCode::OK, move |r| upload_view(r, view_refusal.as_ref())));
     let locator = info.locator.clone();
-    match state.store.attach_archive(run.id.clone(), info, queue, respond).await {
-        Ok(r) => Ok(r),
+    match state.store.attach_archive(run.id.clone(), info, auto && refusal.is_none(), respond).await {
+        Ok((run, queued)) => Ok(Attached { run, queued, refusal }),
         Err(e) => {
             let _ = state.artifacts.delete(&locator).await;
             Err(match e {
@@ -183,6 +197,26 @@ async fn attach(
             })
         }
     }
+}
+
+impl Attached {
+    /// Hand a run the upload queued to the executor; the upload's answer.
+    async fn start(self, state: &AppState, caller: &Caller) -> serde_json::Value {
+        if let Some(e) = self.queued {
+            runs::started(state, caller, &self.run, e).await;
+        }
+        upload_view(&self.run, self.refusal.as_ref())
+    }
+}
+
+/// The view an upload answers with: the run, and `autoStartError` when its
+/// automatic start was refused.
+fn upload_view(run: &Run, refusal: Option<&(String, String)>) -> serde_json::Value {
+    let mut v = views::run(run);
+    if let Some((code, message)) = refusal {
+        v["autoStartError"] = serde_json::json!({"code": code, "message": message});
+    }
+    v
 }
 
 fn body_reader(body: Body) -> ByteStream {
@@ -237,19 +271,9 @@ pub async fn direct(
         let locator = store_archive(&state, &run, size, &sha, body_reader(body), None).await?;
         tracing::debug!(run_id = %run.id, "step: archive stored");
         let info = ArchiveInfo { size_bytes: size, sha256: sha.clone(), upload: "direct".into(), locator, uploaded_at_ms: now_ms() };
-        // With `autoStart`, the meter is asked first, so that attaching the
-        // archive, queueing the run and recording the response are one
-        // commit.
-        let auto = runs::wants_auto_start(&run);
-        let refusal = if auto { runs::auto_start_refusal(&state, &caller, &run).await } else { None };
-        let view_refusal = refusal.clone();
-        let respond = slot.map(|s| s.respond(StatusCode::OK, move |r| runs::upload_view(r, view_refusal.as_ref())));
-        let (run, queued) = attach(&state, &run, info, auto && refusal.is_none(), respond).await?;
+        let attached = attach(&state, &caller, &run, info, slot).await?;
         tracing::info!(run_id = %run.id, size, "archive uploaded");
-        if let Some(e) = queued {
-            runs::started(&state, &caller, &run, e).await;
-        }
-        Ok((StatusCode::OK, runs::upload_view(&run, refusal.as_ref())))
+        Ok((StatusCode::OK, attached.start(&state, &caller).await))
     })
     .await
 }
@@ -617,7 +641,9 @@ pub async fn complete_transfer(
             locator,
             uploaded_at_ms: now_ms(),
         };
-        let (run, _) = attach(&state, &run, info, false, None).await?;
+        // A run queued with its archive goes to the executor at once,
+        // whatever happens to the transfer's bookkeeping below.
+        let view = attach(&state, &caller, &run, info, None).await?.start(&state, &caller).await;
         state.store.complete_transfer(tid.clone()).await.map_err(ApiError::store)?;
         if t.mode == "presigned" {
             for n in 0..t.part_count() {
@@ -629,7 +655,7 @@ pub async fn complete_transfer(
             let _ = tokio::fs::remove_dir_all(&dir).await;
         }
         tracing::info!(run_id = %run.id, size = t.size, mode = %t.mode, "staged archive completed");
-        Ok((StatusCode::OK, runs::auto_start(&state, &caller, run).await))
+        Ok((StatusCode::OK, view))
     })
     .await
 }

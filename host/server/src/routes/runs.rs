@@ -304,7 +304,7 @@ pub async fn start(
 /// Queue a run whose archive is in place and hand it to the executor;
 /// `false` when it was already queued or further along.
 async fn queue(state: &AppState, caller: &Caller, id: &str) -> ApiResult<(crownest_core::runs::Run, bool)> {
-    let (run, queued) = state.store.queue_run(id.to_string(), None).await.map_err(|e| match e {
+    let (run, queued) = state.store.queue_run(id.to_string()).await.map_err(|e| match e {
         crownest_core::runs::store::StoreError::Conflict(_) => ApiError::conflict(
             "archive_missing",
             format!("workspace run {id} has no archive yet: upload one (directly or through a staged transfer) before starting it"),
@@ -327,12 +327,6 @@ pub(crate) async fn started(state: &AppState, caller: &Caller, run: &crownest_co
     caller.audit(state, "workspace_runs:start", Some(&run.id), Some(&run.project_id), "success", None).await;
 }
 
-/// Whether an upload should start `run` (created with `autoStart`, not
-/// canceled, not started yet).
-pub(crate) fn wants_auto_start(run: &crownest_core::runs::Run) -> bool {
-    run.spec.auto_start && !run.cancel_requested && run.status == RunStatus::AwaitingArchive
-}
-
 /// Why the meter would refuse to start `run` now, as `autoStartError`'s
 /// code and message; `None` when it may start.
 pub(crate) async fn auto_start_refusal(
@@ -343,33 +337,6 @@ pub(crate) async fn auto_start_refusal(
     let refusal = admission_precheck(state, caller, run).await.err().map(|e| (e.code, e.message));
     tracing::debug!(run_id = %run.id, "step: admission checked");
     refusal
-}
-
-/// The view an upload answers with: the run, and `autoStartError` when
-/// its automatic start was refused.
-pub(crate) fn upload_view(run: &crownest_core::runs::Run, refusal: Option<&(String, String)>) -> serde_json::Value {
-    let mut v = views::run(run);
-    if let Some((code, message)) = refusal {
-        v["autoStartError"] = json!({"code": code, "message": message});
-    }
-    v
-}
-
-/// After an upload attached the archive of a run created with `autoStart`:
-/// start it as `POST …/start` would. A refusal (quota, meter) does not fail
-/// the upload: the run stays startable and the view says why under
-/// `autoStartError`.
-pub(crate) async fn auto_start(state: &AppState, caller: &Caller, run: crownest_core::runs::Run) -> serde_json::Value {
-    if !wants_auto_start(&run) {
-        return views::run(&run);
-    }
-    if let Some(refusal) = auto_start_refusal(state, caller, &run).await {
-        return upload_view(&run, Some(&refusal));
-    }
-    match queue(state, caller, &run.id).await {
-        Ok((r, _)) => views::run(&r),
-        Err(e) => upload_view(&run, Some(&(e.code, e.message))),
-    }
 }
 
 pub async fn cancel(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {

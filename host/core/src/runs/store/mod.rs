@@ -162,7 +162,8 @@ impl Store {
         &self.dir
     }
 
-    /// Run `f` with the connection on the blocking pool.
+    /// Run `f` with the connection, off the async scheduler
+    /// ([`crate::blocking::in_place`]: a store call is short).
     pub async fn with<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -173,17 +174,7 @@ impl Store {
             let mut guard = conn.lock().unwrap_or_else(|e| e.into_inner());
             f(&mut guard)
         };
-        // On the multi-threaded runtime the call runs right here, with this
-        // worker's other tasks handed to another thread (`block_in_place`):
-        // a store call is short, and handing it to the blocking pool and
-        // back costs two thread wake-ups, which dominated small requests
-        // (a wake-up of an idle vCPU is 50-100 µs on our VMs).
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(call),
-            _ => tokio::task::spawn_blocking(call)
-                .await
-                .map_err(|e| StoreError::Db(format!("store task failed: {e}")))?,
-        }
+        crate::blocking::in_place(call).await.map_err(|e| StoreError::Db(format!("store task failed: {e}")))?
     }
 
     /// Like [`Store::with`], but the commit does not wait for the disk

@@ -100,9 +100,8 @@ fn artifact_from_row(r: &Row<'_>) -> rusqlite::Result<ArtifactRecord> {
     })
 }
 
-/// `awaiting_archive` (with an archive) → `queued`
-/// and its `status` event, inside a transaction; `None` when the run was
-/// not in that state.
+/// `awaiting_archive` (with an archive) → `queued` and its `status` event,
+/// inside a transaction; `None` when the run was not in that state.
 fn queue_in(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<Option<Event>> {
     let n = tx.execute(
         "UPDATE runs SET status = 'queued', queued_at = ?2 WHERE id = ?1 AND status = 'awaiting_archive' AND archive IS NOT NULL",
@@ -192,11 +191,10 @@ impl Store {
         .await
     }
 
-    /// Record the verified archive; refuses a second one.
-    /// Attach a run's verified archive; with `queue`, also queue the run
-    /// (as [`Store::queue_run`]), and with
-    /// `respond`, record the idempotent response: one transaction. Returns
-    /// the run and, when it was queued, its `status` event.
+    /// Record the verified archive (refusing a second one); with `queue`,
+    /// also queue the run (as [`Store::queue_run`]), and with `respond`,
+    /// record the idempotent response: one transaction. Returns the run
+    /// and, when it was queued, its `status` event.
     pub async fn attach_archive(
         &self,
         id: String,
@@ -233,16 +231,13 @@ impl Store {
     /// `awaiting_archive` (with an archive) → `queued`, with its `status`
     /// event in the same transaction. Returns the run and the event when
     /// this call queued it (`None`: it was already past that point).
-    pub async fn queue_run(&self, id: String, respond: Option<RecordResponse>) -> Result<(Run, Option<Event>)> {
+    pub async fn queue_run(&self, id: String) -> Result<(Run, Option<Event>)> {
         self.with(move |conn| {
             let tx = conn.transaction()?;
             let event = queue_in(&tx, &id)?;
             let run = load_run(&tx, &id)?;
             if event.is_none() && run.status == RunStatus::AwaitingArchive {
                 return Err(StoreError::Conflict("archive_missing".into()));
-            }
-            if let Some(r) = respond {
-                r.write(&tx, &run)?;
             }
             tx.commit()?;
             Ok((run, event))
