@@ -618,6 +618,35 @@ async fn kill_9_during_runs_loses_no_acknowledged_event_and_fails_them_on_restar
     assert!(left.is_empty(), "no process of the sandbox survived: {left:?}");
 }
 
+/// `crownest` runs the API client commands without `crownest-host` beside
+/// it, and a command that hosts plugins names the executable it lacks.
+#[test]
+fn the_client_executable_runs_alone_and_names_the_host_it_needs() {
+    let s = server(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let lone = dir.path().join("crownest");
+    // A hard link: the executable then finds its siblings in `dir`.
+    if std::fs::hard_link(exe(), &lone).is_err() {
+        std::fs::copy(exe(), &lone).unwrap();
+    }
+    let tgz = dir.path().join("repo.tgz");
+    std::fs::write(&tgz, py_archive()).unwrap();
+    let command = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(&lone);
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("CROWNEST_")) {
+            cmd.env_remove(k);
+        }
+        cmd.env("CROWNEST_API_URL", &s.url).env("CROWNEST_API_KEY", &s.api_key).args(args).output().unwrap()
+    };
+    let out = command(&["workspace-runs", "run-archive", tgz.to_str().unwrap(), "--", "echo alone"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "alone\n");
+    let out = command(&["doctor"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("crownest-host") && err.contains("installed next to crownest"), "{err}");
+}
+
 #[test]
 fn the_cli_runs_an_archive_and_reports_like_the_docs_say() {
     let s = server(&[]);

@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::commands::plugins::print_table;
+use crate::commands::print_table;
 use crate::commands::workspace_runs::fail;
 use crate::context::{self, Context};
 

@@ -9,7 +9,7 @@ use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::commands::plugins::print_table;
+use crate::commands::print_table;
 use crate::commands::workspace_runs::{fail, report};
 use crate::context::{self, Context};
 

@@ -11,6 +11,7 @@ use crownest_plugins::conformance::{self, CheckOptions};
 use crownest_plugins::{PluginInfo, PluginSource, builtin_names};
 use serde_json::json;
 
+use crate::commands::print_table;
 use crate::context::Context;
 
 #[derive(Subcommand)]
@@ -145,19 +146,4 @@ async fn check(kind: PluginKind, file: String, opts: CheckOptions, json: bool) -
         println!("{} passed, {} failed", report.checks.len() - failed, failed);
     }
     Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-}
-
-/// Print rows as left-aligned columns.
-pub fn print_table(rows: &[Vec<String>]) {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..cols).map(|i| rows.iter().filter_map(|r| r.get(i)).map(|c| c.chars().count()).max().unwrap_or(0)).collect();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(i, c)| if i + 1 == row.len() { c.clone() } else { format!("{c:w$}", w = widths[i]) })
-            .collect();
-        println!("{}", line.join("  ").trim_end());
-    }
 }

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use crownest_core::ports::RuntimeProvider;
 use serde_json::json;
 
-use crate::commands::plugins::print_table;
+use crate::commands::print_table;
 use crate::context::Context;
 
 #[derive(Subcommand)]

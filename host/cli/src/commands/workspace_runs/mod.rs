@@ -19,7 +19,7 @@ use crownest_client::{Client, ClientError, idempotency_key};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::commands::plugins::print_table;
+use crate::commands::print_table;
 use crate::context::{self, Context};
 
 #[derive(clap::Args, Clone)]
