@@ -29,6 +29,14 @@ const ESCAPES: [(u8, [u8; 8]); 256] = {
 /// stores (a 16-byte store of a shorter run, an 8-byte store of an escape).
 const BLOCK_ROOM: usize = 16 * 6 + 16;
 
+/// The room [`push_bytes_literal`] reserves for `len` bytes before it
+/// starts (more only if escapes outgrow it). A caller building a larger
+/// buffer around the literal reserves this much for it up front, so the
+/// buffer is not reallocated (and doubled) halfway.
+pub fn literal_room(len: usize) -> usize {
+    len + len / 8 + BLOCK_ROOM + 2
+}
+
 /// Append `bytes` to `out` as a JSON string literal, quotes included, if
 /// they are UTF-8; otherwise leave `out` as it was and return `false`.
 ///
@@ -47,7 +55,7 @@ pub fn push_bytes_literal(out: &mut String, bytes: &[u8]) -> bool {
     // only before and after ASCII bytes (so on char boundaries) and ASCII
     // escapes, and `out` stays UTF-8.
     let out = unsafe { out.as_mut_vec() };
-    out.reserve(bytes.len() + bytes.len() / 8 + BLOCK_ROOM + 2);
+    out.reserve(literal_room(bytes.len()));
     out.push(b'"');
     let mut non_ascii = 0;
     let whole = bytes.len() / 16 * 16;

@@ -7,7 +7,7 @@
 mod escape;
 mod unescape;
 
-pub use escape::push_bytes_literal;
+pub use escape::{literal_room, push_bytes_literal};
 pub use unescape::unescape_contents;
 
 pub(crate) fn special(b: u8) -> bool {

@@ -98,7 +98,14 @@ pub fn push_event_text(out: &mut String, run_id: &str, e: &Event, content: Optio
     let head = json!({ "runId": run_id, "seq": e.seq, "type": e.kind.as_str(), "at": rfc3339(e.at_ms) });
     let head = serde_json::to_string(&head).unwrap_or_default();
     let data = serde_json::to_string(&e.data).unwrap_or_default();
-    out.reserve(head.len() + data.len() + bytes.len() + bytes.len() / 8 + 32);
+    // Room for the whole event at once, rounded up to 64 KiB and no more: a
+    // frame buffer that grew by doubling would be too large to be kept for
+    // the next frame (and one a few bytes short would double), and the
+    // rounding absorbs the next event's header growing by a digit.
+    let need = head.len() + data.len() + crownest_json_text::literal_room(bytes.len()) + 32;
+    if out.capacity() - out.len() < need {
+        out.reserve_exact((out.len() + need).next_multiple_of(64 << 10) - out.len());
+    }
     out.push_str(head.strip_suffix('}').unwrap_or(&head));
     out.push_str(",\"data\":");
     match data.strip_suffix('}') {
@@ -230,5 +237,28 @@ mod tests {
         let status = Event { kind: EventType::Status, data: json!({"status": "running"}), ..e };
         let text: Value = serde_json::from_str(&event_text(dir.path(), "wsr_1", &status, &mut scratch)).unwrap();
         assert_eq!(text, event(dir.path(), "wsr_1", &status));
+    }
+
+    /// A buffer that held one 4 MiB output event holds the next without
+    /// growing, even when that event's header is longer (it would double
+    /// otherwise, past the size SSE streams keep for reuse).
+    #[test]
+    fn an_output_event_fits_the_buffer_of_the_one_before() {
+        let chunk = "crownest-output-benchmark-line\n".repeat((4 << 20) / 31);
+        let event = |seq: u64, offset: u64| Event {
+            seq,
+            kind: EventType::Stdout,
+            at_ms: 1_700_000_000_000,
+            data: json!({"offset": offset, "bytes": chunk.len(), "streamSha256": "ab".repeat(32)}),
+        };
+        let mut out = String::new();
+        push_event_text(&mut out, "wsr_1", &event(9, 4 << 20), Some(Ok(chunk.as_bytes())));
+        let room = out.capacity();
+        assert!(room < 5 << 20, "room for the text and its escapes, not twice that: {room}");
+        out.clear();
+        push_event_text(&mut out, "wsr_1", &event(10_000, 40 << 30), Some(Ok(chunk.as_bytes())));
+        assert_eq!(out.capacity(), room, "the same buffer, not a larger one");
+        let text: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(text["data"]["text"], chunk);
     }
 }

@@ -89,7 +89,7 @@ struct Stored {
 /// loop to read into: a fresh 4 MiB buffer costs a page fault per 4 KiB
 /// (~1.5 µs each here) as the pipe's bytes are copied in, and a run's
 /// first chunks would otherwise always be fresh ones. At most
-/// [`SPARE_CHUNKS`] wait (32 MiB at the default chunk size).
+/// [`SPARE_CHUNKS`] wait (48 MiB at the default chunk size).
 fn chunk_recycler() -> &'static Recycler<ChunkBuf> {
     static RECYCLER: std::sync::OnceLock<Recycler<ChunkBuf>> = std::sync::OnceLock::new();
     // Chunk sizes are configuration; a spare of another size is not taken.
@@ -97,7 +97,7 @@ fn chunk_recycler() -> &'static Recycler<ChunkBuf> {
 }
 
 /// Enough for the chunks one stream has in flight and in the hub's cache.
-const SPARE_CHUNKS: usize = 8;
+const SPARE_CHUNKS: usize = 12;
 
 impl Sink {
     /// Hash and durably store one chunk; returns the events that record it,

@@ -26,8 +26,9 @@ use crate::state::AppState;
 use crate::{json, views};
 
 const PAGE: u32 = 256;
-/// Output frame buffers kept for reuse per SSE stream: the frames in the
-/// channel to the connection, the one it writes, and the one being built.
+/// Output frame buffers kept for reuse, shared by every SSE stream: enough
+/// for one stream's frames in the channel to the connection, the one it
+/// writes, and the one being built.
 const FRAMES_KEPT: usize = 6;
 /// The largest frame buffer kept for reuse: a default 4 MiB chunk of text
 /// with its escapes fits; a frame of escape-heavy bytes, several times its
@@ -82,6 +83,14 @@ pub async fn events(
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// The output frame buffers of every SSE stream. Shared, not one per
+/// stream: a stream lives as long as one run, and a fresh 4 MiB frame costs
+/// ~1 000 page faults as it is written (~2 700 per 200 MiB run before).
+fn frame_recycler() -> &'static Recycler<String> {
+    static FRAMES: std::sync::OnceLock<Recycler<String>> = std::sync::OnceLock::new();
+    FRAMES.get_or_init(|| Recycler::new(FRAMES_KEPT, KEPT_FRAME_MAX))
+}
+
 /// One SSE frame: `id:` (when the event has a seq), `event:`, and the
 /// event's JSON as a single `data:` line (JSON text never holds a raw
 /// newline). `write_json` appends the JSON; the frame is built in one
@@ -113,10 +122,10 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
         let mut watch = state.executor.hub().subscribe(&run_id, current);
         // Output chunks are read into this buffer, one after another.
         let mut scratch = output_log::ReadBuf::default();
-        // Output frames are megabytes each: they are built in buffers the
+        // Output frames are megabytes each: they are built in buffers a
         // connection has finished writing (a fresh one costs a page fault
-        // per 4 KiB), enough for the frames in flight.
-        let frames = Recycler::<String>::new(FRAMES_KEPT, KEPT_FRAME_MAX);
+        // per 4 KiB).
+        let frames = frame_recycler();
         let lender = frames.lender();
         loop {
             let batch = match state.store.list_events(run_id.clone(), after, PAGE).await {
@@ -181,8 +190,8 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
                     }
                 }
                 _ = tokio::time::sleep(heartbeat) => {
-                    // Idle: the run may stay quiet for long; let the frame
-                    // buffers go.
+                    // Idle: the run may stay quiet for long; let the spare
+                    // frame buffers go (a busy stream makes new ones).
                     frames.release_spares();
                     let body = json!({"at": rfc3339(now_ms()), "afterSeq": after}).to_string();
                     if tx.send(frame(None, EventType::Heartbeat.as_str(), |out| out.push_str(&body))).await.is_err() {
