@@ -96,7 +96,7 @@ pub enum FsMode {
     /// read from runtime threads.
     Offloaded,
     /// Each operation on the polling thread. Only for calls run whole off
-    /// the runtime's workers ([`crate::guard::call_off_runtime`]): an
+    /// the runtime's workers ([`crate::guard::off_runtime`]): an
     /// artifact put makes a dozen small filesystem calls, and a hand-off
     /// each (~50-100 µs on a VM) made it the slowest step of an upload.
     Inline,

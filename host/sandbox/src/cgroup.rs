@@ -362,9 +362,6 @@ impl Cgroup {
     }
 }
 
-/// The pids in a `cgroup.procs` listing. A task that is being reaped can
-/// be listed as `0` (its pid is already detached); such entries are
-/// dropped, since `kill(0, …)` would signal the caller's own process group.
 /// The kernel's `PF_EXITING` task flag (`include/linux/sched.h`).
 const PF_EXITING: u64 = 0x4;
 
@@ -388,6 +385,9 @@ fn stat_is_live(stat: &str) -> bool {
     !matches!(state, "Z" | "X" | "x") && flags & PF_EXITING == 0
 }
 
+/// The pids in a `cgroup.procs` listing. A task that is being reaped can
+/// be listed as `0` (its pid is already detached); such entries are
+/// dropped, since `kill(0, …)` would signal the caller's own process group.
 fn parse_procs(text: &str) -> Vec<i32> {
     text.lines().filter_map(|l| l.trim().parse::<i32>().ok()).filter(|&p| p > 0).collect()
 }
@@ -404,8 +404,6 @@ fn counter(text: &str, key: &str) -> u64 {
 mod tests {
     use super::*;
 
-    /// A reaped task listed as 0 must never become `kill(0, …)`, which
-    /// would signal the server's own process group.
     #[test]
     fn only_running_or_sleeping_tasks_are_live() {
         let line = |comm: &str, state: &str, flags: u64| {
@@ -429,6 +427,8 @@ mod tests {
         assert!(is_live(std::process::id() as i32));
     }
 
+    /// A reaped task listed as 0 must never become `kill(0, …)`, which
+    /// would signal the server's own process group.
     #[test]
     fn dying_tasks_listed_as_zero_are_not_pids() {
         assert_eq!(parse_procs("12\n0\n 34 \n\n-1\nx\n"), vec![12, 34]);

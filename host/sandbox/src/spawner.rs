@@ -16,9 +16,11 @@ use std::sync::mpsc::{Sender, channel, sync_channel};
 
 type Job = Box<dyn FnOnce() + Send>;
 
-fn spawner() -> &'static Sender<Job> {
-    static SPAWNER: OnceLock<Sender<Job>> = OnceLock::new();
-    SPAWNER.get_or_init(|| {
+/// The spawner's queue, started on first use; why it could not start, if
+/// it could not (every sandbox start then fails with that reason).
+fn spawner() -> io::Result<&'static Sender<Job>> {
+    static SPAWNER: OnceLock<Result<Sender<Job>, String>> = OnceLock::new();
+    let started = SPAWNER.get_or_init(|| {
         let (tx, rx) = channel::<Job>();
         std::thread::Builder::new()
             .name("crownest-spawner".into())
@@ -27,9 +29,10 @@ fn spawner() -> &'static Sender<Job> {
                     job();
                 }
             })
-            .expect("start the sandbox spawner thread");
-        tx
-    })
+            .map(|_| tx)
+            .map_err(|e| format!("cannot start the sandbox spawner thread: {e}"))
+    });
+    started.as_ref().map_err(|e| io::Error::other(e.clone()))
 }
 
 /// Start `cmd` from the spawner thread, in the caller's tokio runtime (the
@@ -42,6 +45,6 @@ pub fn spawn(mut cmd: tokio::process::Command) -> io::Result<tokio::process::Chi
         let _in_runtime = runtime.enter();
         let _ = done.send(cmd.spawn());
     });
-    spawner().send(job).map_err(|_| io::Error::other("the sandbox spawner thread is gone"))?;
+    spawner()?.send(job).map_err(|_| io::Error::other("the sandbox spawner thread is gone"))?;
     result.recv().map_err(|_| io::Error::other("the sandbox spawner thread is gone"))?
 }

@@ -40,8 +40,8 @@ impl Reusable for String {
     }
 }
 
-/// Buffers of one producer (an SSE stream, or every capture loop): lent
-/// out as `Bytes`, back in [`Recycler::spare`] once released. At most
+/// Buffers of one kind (SSE frames, or capture chunks), shared by every
+/// producer of that kind: lent out as `Bytes`, back in [`Recycler::spare`] once released. At most
 /// `keep` released buffers of at most `max_room` bytes each wait for
 /// reuse; the others are freed.
 pub struct Recycler<T> {

@@ -17,6 +17,7 @@ use crate::state::{FsMode, PluginState};
 use crate::streams;
 
 /// An artifact store backed by a plugin.
+#[derive(Clone)]
 pub struct WasmArtifactStore {
     plugin: Arc<LoadedPlugin>,
     pre: ArtifactStorePre<PluginState>,
@@ -105,7 +106,7 @@ impl ArtifactStore for WasmArtifactStore {
         // The call runs whole off the runtime's workers, in a task of its
         // own: the body may be a request body that only the caller's task
         // (the connection) reads from the network.
-        let this = WasmArtifactStore { plugin: self.plugin.clone(), pre: self.pre.clone() };
+        let this = self.clone();
         tokio::spawn(async move { guard::off_runtime(this.put_inline(req, body)).await })
             .await
             .map_err(|e| PluginError::internal(format!("the put call failed: {e}")))?

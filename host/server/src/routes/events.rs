@@ -85,7 +85,7 @@ pub async fn events(
 
 /// The output frame buffers of every SSE stream. Shared, not one per
 /// stream: a stream lives as long as one run, and a fresh 4 MiB frame costs
-/// ~1 000 page faults as it is written (~2 700 per 200 MiB run before).
+/// ~1 000 page faults as it is written.
 fn frame_recycler() -> &'static Recycler<String> {
     static FRAMES: std::sync::OnceLock<Recycler<String>> = std::sync::OnceLock::new();
     FRAMES.get_or_init(|| Recycler::new(FRAMES_KEPT, KEPT_FRAME_MAX))
