@@ -753,6 +753,37 @@ fn large_output_streams_exactly_run_after_run() {
     }
 }
 
+/// Output piped from `run-archive` (to `grep`, `tee`, an agent) goes
+/// through a pipe the CLI widens to 1 MiB: an output event holds up to
+/// 4 MiB, and through the default 64 KiB the CLI would sleep and be woken
+/// ~64 times per event.
+#[test]
+fn the_cli_widens_the_pipe_its_output_goes_to() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let s = server(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let tgz = dir.path().join("tiny.tgz");
+    std::fs::write(&tgz, targz(&[("README", b"x", 0o644)])).unwrap();
+    let mut child = s
+        .cli()
+        .args(["workspace-runs", "run-archive", tgz.to_str().unwrap(), "--", "echo piped"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    // SAFETY: F_GETPIPE_SZ on the pipe's read end, which we own.
+    let before = unsafe { libc::fcntl(stdout.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    let mut text = String::new();
+    stdout.read_to_string(&mut text).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(text, "piped\n");
+    // SAFETY: as above.
+    let after = unsafe { libc::fcntl(stdout.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    assert_eq!((before, after), (64 << 10, 1 << 20), "the pipe's size before the CLI ran and after");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_staged_transfers_are_swept() {
     let s = server(&[("CROWNEST_RUNS__ABANDONED_TRANSFER_SECS", "2")]);

@@ -177,11 +177,41 @@ async fn main() {
             assert!(s.success());
             t.elapsed()
         };
+        // The product's own SSE client: `run-archive` streams the run's
+        // stdout events and writes the text to its stdout, read here the
+        // way `cat` reads the pipe above. Timed from the CLI's start to its
+        // exit, so its upload, create and start are in it too.
+        let tiny = scratch.path().join("output.tgz");
+        std::fs::write(&tiny, targz(&[("README", b"x")])).unwrap();
+        let cli_once = || {
+            use std::io::Read;
+            let t = Instant::now();
+            let mut child = server
+                .cli()
+                .args(["workspace-runs", "run-archive", tiny.to_str().unwrap(), "--template", "base", "--", cmd])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut out = child.stdout.take().unwrap();
+            let (mut buf, mut bytes) = (vec![0u8; 1 << 20], 0u64);
+            loop {
+                match out.read(&mut buf).unwrap() {
+                    0 => break,
+                    n => bytes += n as u64,
+                }
+            }
+            assert!(child.wait().unwrap().success());
+            assert_eq!(bytes, 200 << 20, "every byte reached the CLI's stdout");
+            t.elapsed()
+        };
+        cli_once();
         // Interleaved, medians of each: the pipe alone moves between 100
         // and 250 ms on this shared machine from one minute to the next.
         // The machine's busy and idle CPU time over each SSE run says how
         // far it is from its CPU floor (busy time over the cores).
-        let (mut pipes, mut sse, mut busy, mut idle) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut pipes, mut sse, mut clis, mut busy, mut idle) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..5 {
             pipes.push(pipe_once());
             let run = api
@@ -197,19 +227,27 @@ async fn main() {
             idle.push(after.1 - cpu.1);
             assert_eq!(bytes, 200 << 20, "every byte reached the client");
             assert_eq!(events.last().unwrap()["type"], "terminal");
+            clis.push(cli_once());
         }
         let pipe = pct(&mut pipes, 0.5);
         let s = pct(&mut sse, 0.5);
+        let c = pct(&mut clis, 0.5);
         let mib = 200.0;
         println!("200 MiB piped to cat:      median {} of 5 ({:.0} MiB/s)", ms(pipe), mib / pipe.as_secs_f64());
         println!(
-            "200 MiB streamed over SSE: median {} of 5 ({:.0} MiB/s, start to terminal event)",
+            "200 MiB streamed over SSE: median {} of 5 ({:.0} MiB/s, library client, start to terminal event)",
             ms(s),
             mib / s.as_secs_f64()
         );
         println!(
-            "output throughput ratio: {:.0}% of the pipe (target >= 50%)",
-            100.0 * pipe.as_secs_f64() / s.as_secs_f64()
+            "200 MiB through the CLI:   median {} of 5 ({:.0} MiB/s, `run-archive` start to exit, stdout read by the bench)",
+            ms(c),
+            mib / c.as_secs_f64()
+        );
+        println!(
+            "output throughput ratio: {:.0}% of the pipe with the library client, {:.0}% with the CLI (target >= 50%)",
+            100.0 * pipe.as_secs_f64() / s.as_secs_f64(),
+            100.0 * pipe.as_secs_f64() / c.as_secs_f64()
         );
         println!(
             "CPU over an SSE run (all processes, {} cores): busy median {}, idle median {}",

@@ -1,6 +1,7 @@
 //! Streaming a run's events to the terminal, and what the CLI's exit code
 //! says about the run.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -8,15 +9,41 @@ use base64::Engine as _;
 use crownest_client::{Client, Result};
 use serde_json::{Value, json};
 
-fn content(data: &Value) -> Vec<u8> {
+/// An output event's bytes: its text as it is (output events carry up to
+/// megabytes each, so no copy), or its base64 decoded.
+fn content(data: &Value) -> Cow<'_, [u8]> {
     if let Some(t) = data["text"].as_str() {
-        return t.as_bytes().to_vec();
+        return Cow::Borrowed(t.as_bytes());
     }
-    data["base64"].as_str().and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok()).unwrap_or_default()
+    Cow::Owned(
+        data["base64"]
+            .as_str()
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .unwrap_or_default(),
+    )
+}
+
+/// Give the pipe our stdout is (if it is one) room for 1 MiB, the most an
+/// unprivileged process may ask for by default. An output event carries up
+/// to 4 MiB: through the default 64 KiB pipe, writing one means some 64
+/// round trips of sleeping until the reader (`grep`, `tee`, an agent)
+/// makes room and being woken again, ~3 200 for 200 MiB of output.
+fn widen_stdout_pipe() {
+    use std::os::fd::AsRawFd;
+    let fd = std::io::stdout().as_raw_fd();
+    // SAFETY: fstat and fcntl on our own stdout, with a zeroed stat buffer
+    // the call fills; a failure just leaves the pipe as it was.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFIFO {
+            libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20);
+        }
+    }
 }
 
 /// Stream events until `terminal`; returns the terminal event.
 pub async fn stream(client: &Client, run_id: &str, after: u64, json: bool) -> Result<Value> {
+    widen_stdout_pipe();
     let mut events = client.events(run_id, after);
     let mut terminal = Value::Null;
     let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr());
