@@ -9,9 +9,10 @@
 //! chunk. Each byte is hashed once, as it is read: the running stream
 //! digest is cloned and finalized for each event, so the last event's
 //! `streamSha256` is the evidence's stream digest (when nothing was cut by
-//! the cap), and every event commits to everything stored before it. Each stream keeps at most
-//! `cap_bytes`; past the cap one event says so (`truncated: true`) and the
-//! rest is still counted and hashed for the evidence, never silently lost.
+//! the cap), and every event commits to everything stored before it. Each
+//! stream keeps at most `cap_bytes`; past the cap one event says so
+//! (`truncated: true`) and the rest is still counted and hashed for the
+//! evidence, never silently lost.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -195,7 +196,7 @@ const READ_MAX: usize = 64 << 10;
 /// The first stage: reads the command's output into chunks and hashes each
 /// read as it lands, so a chunk is hashed by the time it is full and the
 /// stream digest's one sequential chain runs beside the command rather than
-/// after each chunk (on a thread started per chunk, as it once did).
+/// after each chunk is full.
 struct Filler {
     reader: ByteStream,
     buf: ChunkBuf,
