@@ -85,12 +85,13 @@ struct Stored {
     chunk: Option<(u64, Bytes)>,
 }
 
-/// A chunk read from the command, hashed already: `digest` is the stream
-/// digest through the last of its bytes that the cap lets us store (none
-/// if the cap was reached before it began).
+/// A chunk read from the command, hashed already.
 struct Filled {
     buf: ChunkBuf,
-    digest: Option<String>,
+    /// How many of its bytes the cap lets us store, and the stream digest
+    /// through the last of them (none if the cap was reached before the
+    /// chunk began).
+    kept: Option<(usize, String)>,
 }
 
 /// Chunk buffers released by the hub and its readers, for every capture
@@ -112,16 +113,14 @@ impl Sink {
     /// the events that record it, the chunk, and how many of its bytes were
     /// stored (at which offset).
     async fn store(&mut self, filled: Filled) -> std::io::Result<(ChunkEvents, ChunkBuf, Option<(u64, usize)>)> {
-        let Filled { buf: chunk, digest } = filled;
+        let Filled { buf: chunk, kept } = filled;
         let mut events = Vec::new();
         if chunk.is_empty() {
             return Ok((events, chunk, None));
         }
         self.stats.bytes += chunk.len() as u64;
         let chunk_len = chunk.len();
-        let room = self.cap.saturating_sub(self.stats.stored_bytes) as usize;
-        let keep_len = chunk.len().min(room);
-        debug_assert_eq!(keep_len > 0, digest.is_some(), "the filler and the sink agree on the cap");
+        let keep_len = kept.as_ref().map_or(0, |(len, _)| *len);
         let offset = self.stats.stored_bytes;
         let mut log = self.log.take();
         let path = self.path.clone();
@@ -142,8 +141,8 @@ impl Sink {
         .await
         .map_err(std::io::Error::other)??;
         self.log = log;
-        let stored = digest.is_some().then_some((offset, keep_len));
-        if let Some(sha) = digest {
+        let stored = kept.is_some().then_some((offset, keep_len));
+        if let Some((_, sha)) = kept {
             self.stats.stored_bytes += keep_len as u64;
             events.push((self.kind, json!({ "offset": offset, "bytes": keep_len, "streamSha256": sha })));
         }
@@ -254,18 +253,18 @@ impl Filler {
         }
     }
 
-    /// The buffer as a chunk, with the digest its event carries; `last`:
-    /// no buffer is needed after it.
+    /// The buffer as a chunk, with what the cap lets us keep of it and the
+    /// digest its event carries; `last`: no buffer is needed after it.
     fn take_chunk(&mut self, last: bool) -> Filled {
         let next = if last { ChunkBuf::default() } else { Self::fresh(self.chunk_bytes) };
         let buf = std::mem::replace(&mut self.buf, next);
-        let digest = if self.before >= self.cap {
-            None
-        } else {
-            Some(self.cap_digest.take().unwrap_or_else(|| hex::encode(self.hasher.clone().finalize())))
-        };
+        let room = self.cap.saturating_sub(self.before);
+        let kept = (room > 0).then(|| {
+            let digest = self.cap_digest.take().unwrap_or_else(|| hex::encode(self.hasher.clone().finalize()));
+            (buf.len().min(usize::try_from(room).unwrap_or(usize::MAX)), digest)
+        });
         self.before += buf.len() as u64;
-        Filled { buf, digest }
+        Filled { buf, kept }
     }
 
     /// Read, hash and send chunks until the end of the stream (or until the

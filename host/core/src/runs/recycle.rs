@@ -41,9 +41,9 @@ impl Reusable for String {
 }
 
 /// Buffers of one kind (SSE frames, or capture chunks), shared by every
-/// producer of that kind: lent out as `Bytes`, back in [`Recycler::spare`] once released. At most
-/// `keep` released buffers of at most `max_room` bytes each wait for
-/// reuse; the others are freed.
+/// producer of that kind: lent out as `Bytes`, back in
+/// [`Recycler::spare`] once released. At most `keep` released buffers of
+/// at most `max_room` bytes each wait for reuse; the others are freed.
 pub struct Recycler<T> {
     home: Home<T>,
     // Behind a lock so one recycler can serve many producers (a receiver
@@ -56,6 +56,17 @@ pub struct Recycler<T> {
 struct Home<T> {
     spares: SyncSender<T>,
     max_room: usize,
+}
+
+impl<T: Reusable> Home<T> {
+    /// Keep `buf` emptied for reuse, unless it is over `max_room` or `keep`
+    /// are waiting already (then it is freed).
+    fn take_back(&self, mut buf: T) {
+        if buf.room() <= self.max_room {
+            buf.clear();
+            let _ = self.spares.try_send(buf);
+        }
+    }
 }
 
 impl<T> Clone for Home<T> {
@@ -83,11 +94,8 @@ impl<T: Reusable> Recycler<T> {
 
     /// Keep `buf`, never lent out or back from its work, for reuse (freed
     /// when `keep` are waiting already or it is over `max_room`).
-    pub fn give_back(&self, mut buf: T) {
-        if buf.room() <= self.home.max_room {
-            buf.clear();
-            let _ = self.home.spares.try_send(buf);
-        }
+    pub fn give_back(&self, buf: T) {
+        self.home.take_back(buf);
     }
 
     /// Free the buffers waiting for reuse (a producer going idle should not
@@ -130,9 +138,8 @@ impl<T: Reusable> AsRef<[u8]> for Lent<T> {
 
 impl<T: Reusable> Drop for Lent<T> {
     fn drop(&mut self) {
-        if let Some(mut buf) = self.buf.take().filter(|b| b.room() <= self.home.max_room) {
-            buf.clear();
-            let _ = self.home.spares.try_send(buf);
+        if let Some(buf) = self.buf.take() {
+            self.home.take_back(buf);
         }
     }
 }
