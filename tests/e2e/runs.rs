@@ -126,7 +126,7 @@ async fn exit_codes_signals_and_timeouts_become_failed_runs() {
     assert!(started.elapsed() < Duration::from_secs(60));
     // The whole tree is gone: the sandbox's uid owns no process.
     let sandbox = r["sandboxId"].as_str().unwrap().to_string();
-    let cell = s.sandbox_root.join("runtime_provider").join(&sandbox);
+    let cell = s.cells_dir().join(&sandbox);
     assert!(!cell.join("cell.json").exists(), "the sandbox was destroyed");
 }
 
@@ -548,15 +548,12 @@ async fn a_kept_sandbox_is_reused_by_the_next_run() {
     let a = api.run(json!({"command": "echo kept > /workspace/state.txt", "keepSandbox": true}), &py_archive()).await;
     assert_eq!(a["status"], "succeeded");
     let sbx = a["sandboxId"].as_str().unwrap();
-    assert!(s.sandbox_root.join("runtime_provider").join(sbx).join("cell.json").exists(), "kept");
+    assert!(s.cells_dir().join(sbx).join("cell.json").exists(), "kept");
     let b = api.run(json!({"command": "cat /workspace/state.txt", "sandboxId": sbx}), &py_archive()).await;
     assert_eq!(b["status"], "succeeded", "{b}");
     let out = api.output(b["id"].as_str().unwrap(), "stdout").await;
     assert_eq!(out, "kept\n");
-    assert!(
-        !s.sandbox_root.join("runtime_provider").join(sbx).join("cell.json").exists(),
-        "destroyed after the run that did not keep it"
-    );
+    assert!(!s.cells_dir().join(sbx).join("cell.json").exists(), "destroyed after the run that did not keep it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -588,7 +585,7 @@ async fn kill_9_during_runs_loses_no_acknowledged_event_and_fails_them_on_restar
         .unwrap();
     let (_, r) = api.get(&format!("/v1/workspace-runs/{id}")).await;
     let sandbox = r["data"]["sandboxId"].as_str().unwrap().to_string();
-    let cell = s.sandbox_root.join("runtime_provider").join(&sandbox);
+    let cell = s.cells_dir().join(&sandbox);
     let uid: u32 = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(cell.join("cell.json")).unwrap())
         .unwrap()["uid"]
         .as_u64()
@@ -855,7 +852,7 @@ async fn auto_start_runs_the_command_once_the_upload_is_verified() {
 
 /// Standby sandboxes ready under the server's sandbox root.
 fn standbys(s: &crownest_test_support::server::Server) -> usize {
-    let dir = s.sandbox_root.join("runtime_provider");
+    let dir = s.cells_dir();
     std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()
@@ -890,7 +887,7 @@ async fn a_run_in_a_standby_sandbox_behaves_like_one_in_a_new_sandbox() {
     let warm = api.run(json!({"command": probe, "keepSandbox": true}), &py_archive()).await;
     assert_eq!(warm["status"], "succeeded", "{warm}");
     let sbx = warm["sandboxId"].as_str().unwrap();
-    let link = s.sandbox_root.join("runtime_provider").join(sbx);
+    let link = s.cells_dir().join(sbx);
     assert!(
         std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(),
         "the kept sandbox is an adopted standby"

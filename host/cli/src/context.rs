@@ -65,8 +65,9 @@ impl Context {
     }
 }
 
-/// The sandbox mechanisms for `config`; the jail helper is this executable.
-/// The sandbox host; `standby` keeps started sandboxes ready (a server).
+/// The sandbox mechanisms for `config`, for the installation whose data
+/// directory it names; the jail helper is this executable. `standby` keeps
+/// started sandboxes ready (a server). Touches no existing sandbox.
 pub fn sandbox_host(config: &Config, standby: bool) -> Result<Arc<SandboxHost>> {
     let exe = std::env::current_exe().context("cannot locate the crownest executable (the sandbox helper)")?;
     // Prefer the small dedicated helper installed next to us.
@@ -81,8 +82,11 @@ pub fn sandbox_host(config: &Config, standby: bool) -> Result<Arc<SandboxHost>> 
             base.join("crownest-sandboxes")
         }
     });
+    let installation = crownest_core::installation::load_or_create(&config.data_dir())?;
     let cfg = SandboxConfig {
         root,
+        installation,
+        uid_lease_dir: s.uid_lease_dir.clone(),
         bwrap: s.bwrap.clone(),
         helper: exe,
         cgroup_mount: PathBuf::from("/sys/fs/cgroup"),

@@ -98,6 +98,10 @@ pub struct SandboxSettings {
     pub uid_base: u32,
     /// How many uids sandboxes may use.
     pub uid_count: u32,
+    /// The host-wide table of uids leased to live sandboxes, shared by
+    /// every installation on the host (so it must be the same path for
+    /// all of them): no two live sandboxes ever share a uid.
+    pub uid_lease_dir: PathBuf,
     /// Grace period between SIGTERM and SIGKILL on timeout or cancel.
     pub kill_grace_ms: u64,
     /// Standby sandboxes kept started per sandbox shape (template), so a
@@ -130,6 +134,7 @@ impl Default for SandboxSettings {
             bwrap: PathBuf::from("/usr/bin/bwrap"),
             uid_base: 2_000_000,
             uid_count: 65_536,
+            uid_lease_dir: PathBuf::from("/run/crownest/uid-leases"),
             warm_standby: 1,
             kill_grace_ms: 5_000,
             scheduling: Scheduling::Batch,
@@ -296,6 +301,14 @@ impl Config {
         }
         if self.sandbox.uid_base < 1000 || self.sandbox.uid_count == 0 {
             bail!("sandbox.uid_base must be at least 1000 and sandbox.uid_count at least 1");
+        }
+        if self.sandbox.uid_base.checked_add(self.sandbox.uid_count - 1).is_none() {
+            bail!(
+                "sandbox.uid_base ({}) + sandbox.uid_count ({}) passes the largest uid, 4294967295: \
+                 lower one of them",
+                self.sandbox.uid_base,
+                self.sandbox.uid_count
+            );
         }
         if self.engine.memory_limit_mib == 0 {
             bail!("engine.memory_limit_mib must be at least 1");

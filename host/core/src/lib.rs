@@ -9,6 +9,7 @@
 pub mod blocking;
 pub mod config;
 pub mod error;
+pub mod installation;
 pub mod kv;
 pub mod plugin_kind;
 pub mod ports;

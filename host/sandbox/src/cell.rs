@@ -123,7 +123,7 @@ impl Cell {
         if std::fs::symlink_metadata(host.owner_dir(owner).join(id)).is_ok() {
             return Err(CellError::Invalid(format!("sandbox `{id}` already exists")));
         }
-        if let Some(standby) = host.warm.take(owner, &limits) {
+        if let Some(standby) = host.warm.take(&host, owner, &limits) {
             match standby.adopt(id, labels.clone()) {
                 Ok(cell) => {
                     tracing::debug!(
@@ -166,8 +166,13 @@ impl Cell {
             Err(e) => return Err(unavailable("create sandbox dir", e)),
         }
         let (uid, gid) = if host.is_root {
-            let uid = host.allocate_uid(id);
-            (uid, uid)
+            match host.allocate_uid(id, &dir) {
+                Ok(uid) => (uid, uid),
+                Err(e) => {
+                    let _ = std::fs::remove_dir(&dir);
+                    return Err(e);
+                }
+            }
         } else {
             (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw())
         };
@@ -255,7 +260,9 @@ impl Cell {
         let dir = host.owner_dir(owner).join(&name);
         let cgroup =
             (host.layout.unavailable.is_none()).then(|| Cgroup::open(&host.layout, &format!("{owner}.{name}")));
-        host.uids.lock().unwrap().insert(rec.uid);
+        if host.is_root {
+            host.claim_uid(rec.uid, &dir);
+        }
         Ok(Cell { host, rec, dir, cgroup, standby: Mutex::new(None), fresh: AtomicBool::new(false) })
     }
 
@@ -331,13 +338,24 @@ impl Cell {
         self.standby.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
-    /// Whether this cell's standby process is still waiting.
-    pub(crate) fn standby_alive(&self) -> bool {
-        self.standby
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .is_some_and(|s| s.spawned.tree.try_wait().is_none())
+    /// How this cell's standby process ended, or `None` while it waits
+    /// (or when the cell has no standby process).
+    pub(crate) fn standby_outcome(&self) -> Option<crate::process::Outcome> {
+        self.standby.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|s| s.spawned.tree.try_wait())
+    }
+
+    /// A future of the standby process's outcome, for a watcher task.
+    pub(crate) fn standby_ended(
+        &self,
+    ) -> Option<impl std::future::Future<Output = crate::process::Outcome> + Send + use<>> {
+        let standby = self.standby.lock().unwrap_or_else(|e| e.into_inner());
+        standby.as_ref().map(|s| s.spawned.tree.ended())
+    }
+
+    /// Whether the cell's directory is still there (another process may
+    /// have removed it).
+    pub(crate) fn dir_exists(&self) -> bool {
+        self.dir.join("cell.json").is_file()
     }
 
     pub fn id(&self) -> &str {
@@ -448,7 +466,7 @@ impl Cell {
         }
         let spawned = self.spawn_cold(spec)?;
         if self.fresh.swap(false, Ordering::Relaxed) {
-            self.host.warm.learn(&self.host, &self.rec.owner, &self.rec.limits, spec);
+            self.host.warm.learn(&self.host, &self.rec.owner, &self.rec.limits, &self.rec.labels, spec);
         }
         Ok(spawned)
     }
@@ -563,7 +581,7 @@ impl Cell {
             cg.remove().map_err(|e| unavailable("remove cgroup", e))?;
         }
         if self.host.is_root {
-            self.host.release_uid(self.rec.uid);
+            self.host.release_uid(self.rec.uid, &self.dir);
         }
         if !self.rec.standby {
             self.host.warm.replenish(&self.host, &self.rec.owner, &self.rec.limits);

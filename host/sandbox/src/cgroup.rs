@@ -79,6 +79,11 @@ impl Layout {
         }
     }
 
+    /// The directories sandbox cgroups are made in, one per hierarchy.
+    pub fn parents(&self) -> Vec<PathBuf> {
+        self.unified.iter().map(|(p, _)| p.clone()).chain(self.v1.iter().map(|(_, p)| p.clone())).collect()
+    }
+
     /// How the whole process tree is killed.
     pub fn kill_mechanism(&self) -> String {
         if self.unified.is_some() {
@@ -118,8 +123,10 @@ fn make_parent(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Detect the layout under `mount` (normally `/sys/fs/cgroup`).
-pub fn detect(mount: &Path) -> Layout {
+/// Detect the layout under `mount` (normally `/sys/fs/cgroup`). Sandbox
+/// cgroups of `installation` go in `<own>/crownest/<installation>` in each
+/// hierarchy, so installations never share a parent.
+pub fn detect(mount: &Path, installation: &str) -> Layout {
     let mut layout = Layout::default();
     let unified_mount = if is_cgroup2(mount) {
         Some(mount.to_path_buf())
@@ -131,13 +138,21 @@ pub fn detect(mount: &Path) -> Layout {
     let mut errors = Vec::new();
     if let Some(root) = unified_mount {
         match own_path("").map(|own| root.join(own.trim_start_matches('/')).join("crownest")) {
-            Ok(parent) => match make_parent(&parent) {
-                Ok(()) => {
-                    let ctrls = enable_v2_controllers(&parent);
-                    layout.unified = Some((parent, ctrls));
+            Ok(shared) => {
+                // Controllers reach a cgroup only through every parent's
+                // subtree_control: enable them at both levels.
+                let parent = shared.join(installation);
+                match make_parent(&shared).and_then(|()| {
+                    enable_v2_controllers(&shared);
+                    make_parent(&parent)
+                }) {
+                    Ok(()) => {
+                        let ctrls = enable_v2_controllers(&parent);
+                        layout.unified = Some((parent, ctrls));
+                    }
+                    Err(e) => errors.push(format!("cannot create {}: {e}", parent.display())),
                 }
-                Err(e) => errors.push(format!("cannot create {}: {e}", parent.display())),
-            },
+            }
             Err(e) => errors.push(e.to_string()),
         }
     }
@@ -152,8 +167,9 @@ pub fn detect(mount: &Path) -> Layout {
             continue;
         }
         let Ok(own) = own_path(name) else { continue };
-        let parent = ctrl_mount.join(own.trim_start_matches('/')).join("crownest");
-        match make_parent(&parent) {
+        let shared = ctrl_mount.join(own.trim_start_matches('/')).join("crownest");
+        let parent = shared.join(installation);
+        match make_parent(&shared).and_then(|()| make_parent(&parent)) {
             Ok(()) => layout.v1.push((role, parent)),
             Err(e) => errors.push(format!("cannot create {}: {e}", parent.display())),
         }

@@ -1,22 +1,33 @@
 //! The sandbox host: what this machine can enforce, detected once at
 //! start-up, and the factory for cells.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::cell::{Cell, CellError, CellRecord};
 use crate::cgroup::{self, Layout};
 use crate::limits::Limits;
+use crate::uids::UidLeases;
 use crate::warm::WarmPool;
+use crate::warm::status::{self, PoolStatus};
 
 /// Where things are.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
-    /// Directory holding one directory per cell. It must be traversable by
-    /// the sandbox uids (mode 0711 is applied), so it lives outside the
-    /// private data directory (default `/var/lib/crownest-sandboxes` as root).
+    /// Directory shared by every installation on the host: each keeps its
+    /// cells in `<root>/<installation>/<owner>/<cell>`. It must be
+    /// traversable by the sandbox uids (mode 0711 is applied), so it lives
+    /// outside the private data directory (default
+    /// `/var/lib/crownest-sandboxes` as root).
     pub root: PathBuf,
+    /// The installation these sandboxes belong to (made at its first start
+    /// and kept in its data directory). Cells, cgroups and standbys are
+    /// namespaced by it: a host only ever lists, reaps or destroys its own
+    /// installation's.
+    pub installation: String,
+    /// The host-wide uid lease table ([`crate::uids`]), shared by every
+    /// installation on the host (default `/run/crownest/uid-leases`).
+    pub uid_lease_dir: PathBuf,
     /// bubblewrap.
     pub bwrap: PathBuf,
     /// The executable that implements the jail helper (normally `crownest`
@@ -43,6 +54,8 @@ impl SandboxConfig {
     pub fn defaults(helper: PathBuf) -> SandboxConfig {
         SandboxConfig {
             root: PathBuf::from("/var/lib/crownest-sandboxes"),
+            installation: "local".into(),
+            uid_lease_dir: PathBuf::from(DEFAULT_UID_LEASE_DIR),
             bwrap: PathBuf::from("/usr/bin/bwrap"),
             helper,
             cgroup_mount: PathBuf::from("/sys/fs/cgroup"),
@@ -79,14 +92,28 @@ pub struct HostReport {
     pub enforcement: Vec<Enforcement>,
 }
 
-/// The sandbox mechanisms of this host.
+/// The default host-wide uid lease table: `/run` is emptied at boot, when
+/// no sandbox is alive.
+pub const DEFAULT_UID_LEASE_DIR: &str = "/run/crownest/uid-leases";
+
+/// The sandbox mechanisms of this host, for one installation.
 pub struct SandboxHost {
     pub(crate) cfg: SandboxConfig,
+    /// `<root>/<installation>`: this installation's cells, by owner.
+    cells_root: PathBuf,
     pub(crate) layout: Layout,
     pub(crate) is_root: bool,
     report: HostReport,
-    pub(crate) uids: Mutex<HashSet<u32>>,
+    /// Host uids, leased host-wide (only when root: otherwise sandboxes
+    /// run as the server's own user).
+    uids: Option<UidLeases>,
     pub(crate) warm: WarmPool,
+}
+
+/// Whether `id` can name an installation (it becomes a directory and a
+/// cgroup name).
+pub fn valid_installation_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 40 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn bwrap_version(bwrap: &Path) -> Option<String> {
@@ -97,30 +124,48 @@ fn bwrap_version(bwrap: &Path) -> Option<String> {
 }
 
 impl SandboxHost {
-    /// Detect what this host can do and prepare the cells directory.
+    /// Detect what this host can do and prepare the installation's cells
+    /// directory. Touches no existing cell: reaping is [`Self::reap_standbys`],
+    /// for the one process that serves the installation.
     pub fn new(cfg: SandboxConfig) -> Result<Arc<SandboxHost>, String> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o711)
-            .create(&cfg.root)
-            .map_err(|e| format!("cannot create the sandbox directory {}: {e}", cfg.root.display()))?;
-        let _ = std::fs::set_permissions(&cfg.root, std::fs::Permissions::from_mode(0o711));
+        if !valid_installation_id(&cfg.installation) {
+            return Err(format!("installation id `{}` must be 1 to 40 characters of [a-zA-Z0-9_-]", cfg.installation));
+        }
+        if cfg.uid_count == 0 || cfg.uid_base.checked_add(cfg.uid_count - 1).is_none() {
+            return Err(format!(
+                "sandbox.uid_base {} + sandbox.uid_count {} passes the largest uid (4294967295)",
+                cfg.uid_base, cfg.uid_count
+            ));
+        }
+        let cells_root = cfg.root.join(&cfg.installation);
+        for dir in [&cfg.root, &cells_root] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(dir)
+                .map_err(|e| format!("cannot create the sandbox directory {}: {e}", dir.display()))?;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711));
+        }
         let is_root = rustix::process::geteuid().is_root();
         let layout = if is_root {
-            cgroup::detect(&cfg.cgroup_mount)
+            cgroup::detect(&cfg.cgroup_mount, &cfg.installation)
         } else {
             Layout { unavailable: Some("not running as root: cgroups cannot be created".into()), ..Layout::default() }
         };
+        let uids = if is_root {
+            Some(
+                UidLeases::open(&cfg.uid_lease_dir, cfg.uid_base, cfg.uid_count)
+                    .map_err(|e| format!("cannot open the uid lease table {}: {e}", cfg.uid_lease_dir.display()))?,
+            )
+        } else {
+            None
+        };
         let bwrap = bwrap_version(&cfg.bwrap);
         let report = Self::build_report(&layout, is_root, bwrap.as_deref());
-        let warm = WarmPool::new(cfg.warm_standby);
-        let host = SandboxHost { cfg, layout, is_root, report, uids: Mutex::new(HashSet::new()), warm };
-        let used: HashSet<u32> = host.all_records().into_iter().map(|r| r.uid).collect();
-        *host.uids.lock().unwrap() = used;
-        let host = Arc::new(host);
-        host.clear_standbys();
-        Ok(host)
+        let status_file = (cfg.warm_standby > 0).then(|| status::path(&cells_root));
+        let warm = WarmPool::new(cfg.warm_standby, status_file);
+        Ok(Arc::new(SandboxHost { cfg, cells_root, layout, is_root, report, uids, warm }))
     }
 
     fn build_report(layout: &Layout, is_root: bool, bwrap: Option<&str>) -> HostReport {
@@ -159,7 +204,11 @@ impl SandboxHost {
         add("kill-tree", true, layout.kill_mechanism());
         if is_root {
             add("disk", true, "size-limited tmpfs per workspace".into());
-            add("uid", true, "a separate unprivileged host uid per sandbox".into());
+            add(
+                "uid",
+                true,
+                "a separate unprivileged host uid per sandbox, leased host-wide across installations".into(),
+            );
         } else {
             add("disk", false, "mounting a size-limited tmpfs needs root".into());
             add("uid", false, "switching to a per-sandbox uid needs root; sandboxes run as the server's user".into());
@@ -180,16 +229,35 @@ impl SandboxHost {
         &self.cfg
     }
 
-    pub(crate) fn owner_dir(&self, owner: &str) -> PathBuf {
-        self.cfg.root.join(owner)
+    /// This installation's cells directory (`<root>/<installation>`).
+    pub fn cells_root(&self) -> &Path {
+        &self.cells_root
     }
 
-    fn all_records(&self) -> Vec<CellRecord> {
+    /// Where this installation's sandbox cgroups are made, per hierarchy.
+    pub fn cgroup_parents(&self) -> Vec<PathBuf> {
+        self.layout.parents()
+    }
+
+    /// The host-wide uid lease table, when sandboxes get uids of their own.
+    pub fn uid_leases(&self) -> Option<&UidLeases> {
+        self.uids.as_ref()
+    }
+
+    pub(crate) fn owner_dir(&self, owner: &str) -> PathBuf {
+        self.cells_root.join(owner)
+    }
+
+    /// Every cell record of this installation.
+    pub fn records(&self) -> Vec<CellRecord> {
         let mut out = Vec::new();
-        let Ok(owners) = std::fs::read_dir(&self.cfg.root) else { return out };
+        let Ok(owners) = std::fs::read_dir(&self.cells_root) else { return out };
         for owner in owners.flatten() {
             let Ok(cells) = std::fs::read_dir(owner.path()) else { continue };
             for cell in cells.flatten() {
+                if cell.file_type().is_ok_and(|t| t.is_symlink()) {
+                    continue;
+                }
                 if let Ok(rec) = CellRecord::read(&cell.path()) {
                     out.push(rec);
                 }
@@ -198,10 +266,12 @@ impl SandboxHost {
         out
     }
 
-    /// Standbys of a previous run of the server died with it: destroy their
+    /// At the start of the process that serves this installation: the
+    /// standbys of its previous process died with it, so destroy their
     /// cells, and drop id links left dangling by a crash mid-adoption.
-    fn clear_standbys(self: &Arc<Self>) {
-        let Ok(owners) = std::fs::read_dir(&self.cfg.root) else { return };
+    /// Only this installation's cells are looked at.
+    pub fn reap_standbys(self: &Arc<Self>) {
+        let Ok(owners) = std::fs::read_dir(&self.cells_root) else { return };
         for owner in owners.flatten() {
             let Some(owner_name) = owner.file_name().to_str().map(str::to_string) else { continue };
             let Ok(cells) = std::fs::read_dir(owner.path()) else { continue };
@@ -246,6 +316,17 @@ impl SandboxHost {
         self.warm.ready()
     }
 
+    /// This process's standby pool.
+    pub fn standby_status(&self) -> PoolStatus {
+        self.warm.status()
+    }
+
+    /// The standby pool of the live process serving this installation, as
+    /// it last wrote it (`None` when no server keeps one).
+    pub fn served_standby_status(&self) -> Option<PoolStatus> {
+        PoolStatus::read_live(&status::path(&self.cells_root))
+    }
+
     /// Re-open an existing cell.
     pub fn open_cell(self: &Arc<Self>, owner: &str, id: &str) -> Result<Cell, CellError> {
         Cell::open(self.clone(), owner, id)
@@ -274,24 +355,27 @@ impl SandboxHost {
         paths.iter().map(|p| Path::new(p).exists()).collect()
     }
 
-    /// Take a free host uid for a new cell.
-    pub(crate) fn allocate_uid(&self, id: &str) -> u32 {
-        let mut used = self.uids.lock().unwrap();
-        let mut h: u32 = 2166136261;
-        for b in id.bytes() {
-            h = (h ^ u32::from(b)).wrapping_mul(16777619);
-        }
-        for i in 0..self.cfg.uid_count {
-            let uid = self.cfg.uid_base + (h.wrapping_add(i) % self.cfg.uid_count);
-            if used.insert(uid) {
-                return uid;
-            }
-        }
-        // Every uid in the range is taken: share one rather than fail.
-        self.cfg.uid_base
+    /// Lease a host uid no live sandbox on this host holds, for the new
+    /// cell in `cell_dir`.
+    pub(crate) fn allocate_uid(&self, id: &str, cell_dir: &Path) -> Result<u32, CellError> {
+        let leases = self.uids.as_ref().ok_or_else(|| CellError::Unavailable("no uid lease table".into()))?;
+        leases.allocate(id, cell_dir).map_err(|e| CellError::Unavailable(format!("cannot lease a host uid: {e}")))
     }
 
-    pub(crate) fn release_uid(&self, uid: u32) {
-        self.uids.lock().unwrap().remove(&uid);
+    /// A re-opened cell holds its uid (its lease may predate the table).
+    pub(crate) fn claim_uid(&self, uid: u32, cell_dir: &Path) {
+        if let Some(leases) = &self.uids {
+            if let Ok(false) = leases.claim(uid, cell_dir) {
+                tracing::warn!(uid, cell = %cell_dir.display(), "another live sandbox holds this cell's host uid");
+            }
+        }
+    }
+
+    pub(crate) fn release_uid(&self, uid: u32, cell_dir: &Path) {
+        if let Some(leases) = &self.uids {
+            if let Err(e) = leases.release(uid, cell_dir) {
+                tracing::warn!(uid, "cannot release a host uid lease: {e}");
+            }
+        }
     }
 }

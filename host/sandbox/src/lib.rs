@@ -20,11 +20,14 @@ pub mod process;
 pub mod seccomp;
 pub mod spawner;
 pub mod spec;
+pub mod uids;
 pub mod warm;
 
 pub use cell::{Cell, CellError, CellRecord, Spawned};
 pub use extract::{Budgets, ExtractError, Report as ExtractReport};
-pub use host::{Enforcement, HostReport, SandboxConfig, SandboxHost};
+pub use host::{DEFAULT_UID_LEASE_DIR, Enforcement, HostReport, SandboxConfig, SandboxHost, valid_installation_id};
 pub use limits::Limits;
 pub use process::{ExitStatus, Outcome, ProcessTree};
 pub use spec::{Mount, Network, SpawnSpec};
+pub use uids::UidLeases;
+pub use warm::status::{PoolStatus, ShapeStatus};

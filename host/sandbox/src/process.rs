@@ -95,13 +95,21 @@ impl ProcessTree {
 
     /// Wait until the tree has ended.
     pub async fn wait(&self) -> Outcome {
+        self.ended().await
+    }
+
+    /// A future of the tree's outcome that does not borrow the tree (for a
+    /// task that watches a process it does not own).
+    pub fn ended(&self) -> impl std::future::Future<Output = Outcome> + Send + use<> {
         let mut rx = self.outcome.clone();
-        loop {
-            if let Some(o) = *rx.borrow_and_update() {
-                return o;
-            }
-            if rx.changed().await.is_err() {
-                return rx.borrow().unwrap_or(Outcome { status: ExitStatus::Signaled(9), oom_killed: false });
+        async move {
+            loop {
+                if let Some(o) = *rx.borrow_and_update() {
+                    return o;
+                }
+                if rx.changed().await.is_err() {
+                    return rx.borrow().unwrap_or(Outcome { status: ExitStatus::Signaled(9), oom_killed: false });
+                }
             }
         }
     }

@@ -115,22 +115,28 @@ async fn standbys_do_not_outlive_their_host() {
     let cell = host.create_cell("test", &unique("a"), limits(), vec![]).unwrap();
     run_spec(&cell, &spec("true")).await;
     wait_for_standby(&host).await;
-    let on_disk = || std::fs::read_dir(cfg.root.join("test")).unwrap().count();
+    let cells = cfg.root.join(&cfg.installation).join("test");
+    let on_disk = || std::fs::read_dir(&cells).unwrap().count();
     assert_eq!(on_disk(), 2, "the cell and one standby");
     // A standby is nobody's sandbox: it cannot be opened by its name.
-    let standby_name = std::fs::read_dir(cfg.root.join("test"))
+    let standby_name = std::fs::read_dir(&cells)
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .find(|n| n != cell.id())
         .unwrap();
     assert!(host.open_cell("test", &standby_name).is_err());
-    // A restarted host (the standby processes died with the old one)
+    // Another process inspecting the installation touches nothing.
+    let inspector = SandboxHost::new(cfg.clone()).unwrap();
+    assert_eq!(on_disk(), 2, "a host that does not serve reaps nothing");
+    drop(inspector);
+    // A restarted server (the standby processes died with the old one)
     // destroys the standby's cell and keeps the real one.
     let again = SandboxHost::new(cfg.clone()).unwrap();
+    again.reap_standbys();
     assert_eq!(again.list_cells("test"), vec![cell.id().to_string()]);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while std::fs::read_dir(cfg.root.join("test"))
+    while std::fs::read_dir(&cells)
         .unwrap()
         .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().contains("deleted"))
         .count()

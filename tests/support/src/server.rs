@@ -29,9 +29,16 @@ fn free_port() -> u16 {
 impl Server {
     /// Start a server with extra `CROWNEST_*` settings.
     pub fn start(exe: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_with_root(exe, env, None)
+    }
+
+    /// Start a server whose sandboxes live under `sandbox_root` (shared with
+    /// other servers: each installation has its own directory below it),
+    /// or under a root of its own.
+    pub fn start_with_root(exe: &Path, env: &[(&str, &str)], sandbox_root: Option<&Path>) -> Server {
         let dir = tempfile::Builder::new().prefix("crownest-e2e-").tempdir_in("/tmp").unwrap();
         let data_dir = dir.path().join("data");
-        let sandbox_root = dir.path().join("sandboxes");
+        let sandbox_root = sandbox_root.map(Path::to_path_buf).unwrap_or_else(|| dir.path().join("sandboxes"));
         let mut s = Server {
             url: String::new(),
             api_key: String::new(),
@@ -109,9 +116,36 @@ impl Server {
         self.child = Some(child);
     }
 
+    /// This server's installation id (made at its first start).
+    pub fn installation(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("installation-id")).expect("installation-id").trim().to_string()
+    }
+
+    /// Where this server's runtime provider keeps its sandbox cells.
+    pub fn cells_dir(&self) -> PathBuf {
+        self.sandbox_root.join(self.installation()).join("runtime_provider")
+    }
+
     /// The server's log so far.
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    /// Stop the server with SIGTERM and wait for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// `kill -9` the server.
@@ -132,23 +166,15 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SIGTERM first so the server can stop cleanly.
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // Unmount what a killed server left; the temp dir goes next.
+        // SIGTERM first so the server can stop cleanly.
+        self.stop();
+        // Unmount what a killed server left (only its own installation's,
+        // when the root is shared); the temp dir goes next.
+        let own = std::fs::read_to_string(self.data_dir.join("installation-id"))
+            .map(|id| self.sandbox_root.join(id.trim()))
+            .unwrap_or_else(|_| self.sandbox_root.clone());
         if let Ok(mounts) = std::fs::read_to_string("/proc/mounts") {
-            let root = self.sandbox_root.display().to_string();
+            let root = format!("{}/", own.display());
             for line in mounts.lines() {
                 if let Some(target) = line.split(' ').nth(1).filter(|t| t.starts_with(&root)) {
                     let _ = Command::new("umount").args(["-l", target]).status();
@@ -157,25 +183,35 @@ impl Drop for Server {
         }
         // And its sandboxes' cgroups: nothing restarts on this root to reap
         // them, and a machine running the suite often would collect them.
-        remove_cgroups(&self.sandbox_root);
+        remove_cgroups(&self.sandbox_root, own.file_name().and_then(|n| n.to_str()));
     }
 }
 
 /// Remove the (empty, once the server is gone) cgroups of the sandboxes
-/// under `root`, in every hierarchy a server may have used.
-fn remove_cgroups(root: &Path) {
+/// under `root` (`<root>/<installation>/<owner>/<cell>`, cgroups in
+/// `crownest/<installation>/<owner>.<cell>`), in every hierarchy a server
+/// may have used.
+fn remove_cgroups(root: &Path, only: Option<&str>) {
     let mut names = Vec::new();
-    for owner in std::fs::read_dir(root).into_iter().flatten().flatten() {
-        let Some(owner_name) = owner.file_name().to_str().map(str::to_string) else { continue };
-        for cell in std::fs::read_dir(owner.path()).into_iter().flatten().flatten() {
-            if cell.file_type().is_ok_and(|t| t.is_dir()) {
-                if let Some(n) = cell.file_name().to_str() {
-                    names.push(format!("{owner_name}.{n}"));
+    let mut installations = Vec::new();
+    for inst in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let Some(inst_name) = inst.file_name().to_str().map(str::to_string) else { continue };
+        if only.is_some_and(|o| o != inst_name) {
+            continue;
+        }
+        installations.push(inst_name.clone());
+        for owner in std::fs::read_dir(inst.path()).into_iter().flatten().flatten() {
+            let Some(owner_name) = owner.file_name().to_str().map(str::to_string) else { continue };
+            for cell in std::fs::read_dir(owner.path()).into_iter().flatten().flatten() {
+                if cell.file_type().is_ok_and(|t| t.is_dir()) {
+                    if let Some(n) = cell.file_name().to_str() {
+                        names.push(format!("{inst_name}/{owner_name}.{n}"));
+                    }
                 }
             }
         }
     }
-    if names.is_empty() {
+    if installations.is_empty() {
         return;
     }
     let mut parents = Vec::new();
@@ -196,6 +232,10 @@ fn remove_cgroups(root: &Path) {
             while d.is_dir() && std::fs::remove_dir(&d).is_err() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
+        }
+        // The installation's own level goes when it is empty.
+        for inst in &installations {
+            let _ = std::fs::remove_dir(parent.join(inst));
         }
     }
 }

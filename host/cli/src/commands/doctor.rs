@@ -50,6 +50,7 @@ pub async fn run(ctx: &Context, _args: Args) -> Result<ExitCode> {
         }
         line(true, "  scheduling", sbx.config().scheduling_note());
         healthy &= r.bwrap_version != "none";
+        installation_lines(sbx);
     }
 
     match &set.artifact_store {
@@ -94,6 +95,67 @@ pub async fn run(ctx: &Context, _args: Args) -> Result<ExitCode> {
         }
     }
     Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Which installation this is, where its sandboxes live, the host's uid
+/// leases, and the standby pool of the server serving it.
+fn installation_lines(sbx: &crownest_sandbox::SandboxHost) {
+    let cfg = sbx.config();
+    line(true, "installation", &cfg.installation);
+    line(true, "  cells", sbx.cells_root().display());
+    for parent in sbx.cgroup_parents() {
+        line(true, "  cgroups", parent.display());
+    }
+    if let Some(leases) = sbx.uid_leases() {
+        let held = leases.list();
+        let mine = held.iter().filter(|(_, cell)| cell.starts_with(sbx.cells_root())).count();
+        line(
+            true,
+            "  host uids",
+            format!(
+                "{}..{} (sandbox.uid_base/uid_count); {} leased on this host, {mine} by this installation ({})",
+                cfg.uid_base,
+                u64::from(cfg.uid_base) + u64::from(cfg.uid_count) - 1,
+                held.len(),
+                leases.dir().display()
+            ),
+        );
+    }
+    match sbx.served_standby_status() {
+        None => {
+            line(true, "  standby pool", "no server is running for this installation");
+        }
+        Some(p) if p.shapes.is_empty() => {
+            line(
+                true,
+                "  standby pool",
+                format!("server pid {}: no shape learned yet ({} per shape)", p.pid, p.per_shape),
+            );
+        }
+        Some(p) => {
+            line(true, "  standby pool", format!("server pid {}, {} per shape", p.pid, p.per_shape));
+            for shape in &p.shapes {
+                let mut detail = format!(
+                    "{}: {} ready, {} starting, {} failed since start",
+                    shape.template.as_deref().unwrap_or(&shape.owner),
+                    shape.ready,
+                    shape.starting,
+                    shape.failures_total
+                );
+                if let Some(f) = &shape.last_failure {
+                    detail.push_str(&format!("; last at {}: {}", crownest_core::runs::ids::rfc3339(f.at_ms), f.reason));
+                }
+                if let Some(ms) = shape.retry_in_ms {
+                    detail.push_str(&format!("; next standby in {ms} ms"));
+                }
+                if shape.failures_in_a_row == 0 {
+                    line(true, "    shape", detail);
+                } else {
+                    println!("warn  {:<22} {detail}", "    shape");
+                }
+            }
+        }
+    };
 }
 
 async fn round_trip(store: &crownest_plugins::kinds::WasmArtifactStore) -> Result<String, String> {

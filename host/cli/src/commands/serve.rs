@@ -59,6 +59,11 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
     let (host, set) = ctx.load_plugins_serving(&config)?;
     eprintln!("crownest: data directory {}", data_dir.display());
     if let Some(sbx) = host.sandbox() {
+        // This process now serves the installation: its previous process's
+        // standbys are dead; nobody else's are touched.
+        let reaper = sbx.clone();
+        tokio::task::spawn_blocking(move || reaper.reap_standbys()).await?;
+        eprintln!("crownest: installation {}: sandboxes in {}", sbx.config().installation, sbx.cells_root().display());
         let r = sbx.report();
         eprintln!("crownest: sandbox: cgroups {}, bubblewrap {}", r.cgroup_mode, r.bwrap_version);
         for e in &r.enforcement {

@@ -27,7 +27,8 @@ impl Drop for Env {
         // removing the temp dir alongside it races it and fails (silently,
         // leaving `/tmp/crownest-sbx-*` behind). Let the removals finish.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while std::time::Instant::now() < deadline && graveyards(&self.root.path().join("cells")) > 0 {
+        let cells = self.host.cells_root().to_path_buf();
+        while std::time::Instant::now() < deadline && graveyards(&cells) > 0 {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
