@@ -139,7 +139,7 @@ async fn restarting_one_installation_never_touches_anothers_sandboxes() {
             assert!(!orphan.join("cell.json").exists(), "B left its own sandbox {} behind", orphan.display());
         }
         let cells_a: Vec<String> = live_cells(&root).into_keys().filter(|(i, _)| *i == ia).map(|(_, c)| c).collect();
-        assert!(cells_a.iter().any(|c| *c == kept_a), "A's kept sandbox is gone after B's restart: {cells_a:?}");
+        assert!(cells_a.contains(&kept_a), "A's kept sandbox is gone after B's restart: {cells_a:?}");
         assert_eq!(
             Api::new(&b).get(&format!("/v1/workspace-runs/{id}")).await.1["data"]["failureReason"],
             "host_restarted"

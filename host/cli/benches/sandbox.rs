@@ -145,7 +145,7 @@ fn make_archive(path: &Path, dirs: u32, files: u32) {
             let size = 1024 + (next() % 10_240) as usize;
             let mut body = Vec::with_capacity(size);
             while body.len() < size {
-                write!(body, "let v{} = 0x{:016x};\n", next() % 1000, next()).unwrap();
+                writeln!(body, "let v{} = 0x{:016x};", next() % 1000, next()).unwrap();
             }
             let mut h = tar::Header::new_gnu();
             h.set_size(body.len() as u64);

@@ -340,15 +340,15 @@ impl Cgroup {
 
     /// Whether the kernel's OOM killer has acted in this sandbox.
     pub fn oom_killed(&self) -> bool {
-        if let Some(d) = self.dir(Role::Unified) {
-            if let Ok(text) = fs::read_to_string(d.join("memory.events")) {
-                return counter(&text, "oom_kill") > 0;
-            }
+        if let Some(d) = self.dir(Role::Unified)
+            && let Ok(text) = fs::read_to_string(d.join("memory.events"))
+        {
+            return counter(&text, "oom_kill") > 0;
         }
-        if let Some(d) = self.dir(Role::Memory) {
-            if let Ok(text) = fs::read_to_string(d.join("memory.oom_control")) {
-                return counter(&text, "oom_kill") > 0;
-            }
+        if let Some(d) = self.dir(Role::Memory)
+            && let Ok(text) = fs::read_to_string(d.join("memory.oom_control"))
+        {
+            return counter(&text, "oom_kill") > 0;
         }
         false
     }

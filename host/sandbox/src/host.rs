@@ -364,18 +364,18 @@ impl SandboxHost {
 
     /// A re-opened cell holds its uid (its lease may predate the table).
     pub(crate) fn claim_uid(&self, uid: u32, cell_dir: &Path) {
-        if let Some(leases) = &self.uids {
-            if let Ok(false) = leases.claim(uid, cell_dir) {
-                tracing::warn!(uid, cell = %cell_dir.display(), "another live sandbox holds this cell's host uid");
-            }
+        if let Some(leases) = &self.uids
+            && let Ok(false) = leases.claim(uid, cell_dir)
+        {
+            tracing::warn!(uid, cell = %cell_dir.display(), "another live sandbox holds this cell's host uid");
         }
     }
 
     pub(crate) fn release_uid(&self, uid: u32, cell_dir: &Path) {
-        if let Some(leases) = &self.uids {
-            if let Err(e) = leases.release(uid, cell_dir) {
-                tracing::warn!(uid, "cannot release a host uid lease: {e}");
-            }
+        if let Some(leases) = &self.uids
+            && let Err(e) = leases.release(uid, cell_dir)
+        {
+            tracing::warn!(uid, "cannot release a host uid lease: {e}");
         }
     }
 }

@@ -70,10 +70,10 @@ impl ProcessTree {
             // the cgroup outlives the main process. Usually nothing is left
             // alive by now: one look, here; waiting is for the blocking pool.
             let oom = cg.as_ref().is_some_and(Cgroup::oom_killed);
-            if let Some(cg) = cg {
-                if !cg.kill_all_live(Duration::ZERO) {
-                    let _ = tokio::task::spawn_blocking(move || cg.kill_all_live(Duration::from_secs(5))).await;
-                }
+            if let Some(cg) = cg
+                && !cg.kill_all_live(Duration::ZERO)
+            {
+                let _ = tokio::task::spawn_blocking(move || cg.kill_all_live(Duration::from_secs(5))).await;
             }
             let status = match status {
                 Ok(s) => decode(s),

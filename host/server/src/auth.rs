@@ -155,10 +155,10 @@ impl Caller {
     /// The project a request without `projectId` refers to: the key's own,
     /// else the first project of the caller's org.
     pub async fn default_project(&self, state: &AppState) -> ApiResult<(String, String)> {
-        if let Who::Key(k) = &self.who {
-            if let Some(p) = &k.project_id {
-                return Ok((p.clone(), k.org_id.clone()));
-            }
+        if let Who::Key(k) = &self.who
+            && let Some(p) = &k.project_id
+        {
+            return Ok((p.clone(), k.org_id.clone()));
         }
         let projects = state.store.list_projects(self.org().map(String::from)).await.map_err(ApiError::store)?;
         projects

@@ -203,10 +203,10 @@ fn remove_cgroups(root: &Path, only: Option<&str>) {
         for owner in std::fs::read_dir(inst.path()).into_iter().flatten().flatten() {
             let Some(owner_name) = owner.file_name().to_str().map(str::to_string) else { continue };
             for cell in std::fs::read_dir(owner.path()).into_iter().flatten().flatten() {
-                if cell.file_type().is_ok_and(|t| t.is_dir()) {
-                    if let Some(n) = cell.file_name().to_str() {
-                        names.push(format!("{inst_name}/{owner_name}.{n}"));
-                    }
+                if cell.file_type().is_ok_and(|t| t.is_dir())
+                    && let Some(n) = cell.file_name().to_str()
+                {
+                    names.push(format!("{inst_name}/{owner_name}.{n}"));
                 }
             }
         }

@@ -369,10 +369,10 @@ impl Executor {
                     let _ = before.await;
                 }
                 let data = json!({"contentBytes": bytes, "entries": entries, "archiveBytes": total});
-                if let Ok(evs) = store.append_events(id.clone(), vec![(EventType::ArchiveProgress, data)]).await {
-                    if let Some(e) = evs.last() {
-                        hub.notify(&id, e.seq);
-                    }
+                if let Ok(evs) = store.append_events(id.clone(), vec![(EventType::ArchiveProgress, data)]).await
+                    && let Some(e) = evs.last()
+                {
+                    hub.notify(&id, e.seq);
                 }
             }));
         });
@@ -461,7 +461,7 @@ impl Executor {
         };
         tracing::debug!(run_id, "step: process ended");
         let outcome = match &why {
-            Why::Exited(o) => o.clone(),
+            Why::Exited(o) => *o,
             Why::Timeout | Why::Canceled => {
                 crate::ports::runtime::terminate(process.as_ref(), self.settings.kill_grace).await
             }

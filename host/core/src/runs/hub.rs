@@ -62,11 +62,11 @@ impl EventHub {
             return;
         }
         let same = |c: &CachedChunk| c.run_id == run_id && c.stream == stream;
-        if cache.entries.iter().filter(|c| same(c)).count() >= CHUNKS_PER_STREAM {
-            if let Some(at) = cache.entries.iter().position(same) {
-                let old = cache.entries.remove(at).expect("found above");
-                cache.bytes -= old.bytes.len();
-            }
+        if cache.entries.iter().filter(|c| same(c)).count() >= CHUNKS_PER_STREAM
+            && let Some(at) = cache.entries.iter().position(same)
+        {
+            let old = cache.entries.remove(at).expect("found above");
+            cache.bytes -= old.bytes.len();
         }
         cache.bytes += bytes.len();
         cache.entries.push_back(CachedChunk { run_id: run_id.to_string(), stream, offset, bytes });

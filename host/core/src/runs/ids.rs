@@ -58,6 +58,11 @@ pub fn rfc3339(ms: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem / 60 % 60, rem % 60, ms % 1000)
 }
 
+/// The id of the sandbox a run creates (`wsr_X` → `sbx_X`).
+pub fn sandbox_id_for_run(run_id: &str) -> String {
+    format!("sbx_{}", run_id.trim_start_matches("wsr_"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,9 +90,4 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(1_795_435_200_123), "2026-11-23T12:00:00.123Z");
     }
-}
-
-/// The id of the sandbox a run creates (`wsr_X` → `sbx_X`).
-pub fn sandbox_id_for_run(run_id: &str) -> String {
-    format!("sbx_{}", run_id.trim_start_matches("wsr_"))
 }

@@ -181,12 +181,11 @@ impl Metering {
         let secs = if existed { lease.lived_secs() } else { 0 };
         // The meter sees every second through `tick`; settling only reports.
         let remainder = secs.saturating_sub(lease.ticked.load(Ordering::Relaxed));
-        if remainder > 0 {
-            if let Err(e) =
+        if remainder > 0
+            && let Err(e) =
                 meter.tick(&lease.subject, &lease.admission, remainder.min(u64::from(u32::MAX)) as u32).await
-            {
-                tracing::warn!(sandbox_id, "meter tick of the last {remainder} s failed: {}", e.message);
-            }
+        {
+            tracing::warn!(sandbox_id, "meter tick of the last {remainder} s failed: {}", e.message);
         }
         match meter.settle(&lease.subject, &lease.admission, secs).await {
             Ok(u) => Some(json!({

@@ -442,7 +442,7 @@ mod tests {
             }
         }
         assert_eq!(next, output.len() as u64);
-        assert!(kept >= 1 && kept <= 4, "the latest chunks are kept, and only a few ({kept})");
+        assert!((1..=4).contains(&kept), "the latest chunks are kept, and only a few ({kept})");
         let last = events.last().unwrap();
         assert_eq!(last.data["streamSha256"], stats.sha256);
     }

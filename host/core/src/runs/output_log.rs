@@ -225,7 +225,7 @@ impl LogWriter {
         let mut bytes = bytes;
         // Whole blocks of a block-aligned buffer (a `ChunkBuf`) following a
         // block boundary in the log are written from where they are.
-        if self.tail.is_empty() && (bytes.as_ptr() as usize) % BLOCK == 0 {
+        if self.tail.is_empty() && (bytes.as_ptr() as usize).is_multiple_of(BLOCK) {
             let whole = bytes.len() / BLOCK * BLOCK;
             write_all_at(&self.file, &bytes[..whole], start)?;
             start += whole as u64;

@@ -23,7 +23,7 @@ impl AllowList {
         let Some(host) = uri.host() else { return false };
         let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
         let authority = format!("{}:{port}", host.to_ascii_lowercase());
-        self.allowed.iter().any(|a| *a == authority)
+        self.allowed.contains(&authority)
     }
 }
 

@@ -219,10 +219,10 @@ impl Inner {
     }
 
     fn note<T>(&mut self, r: Result<T, PluginError>) -> Result<T, PluginError> {
-        if let Err(e) = &r {
-            if e.is_fault() {
-                self.dead = Some(e.clone());
-            }
+        if let Err(e) = &r
+            && e.is_fault()
+        {
+            self.dead = Some(e.clone());
         }
         r
     }

@@ -235,12 +235,11 @@ impl WarmPool {
                     evicted.append(&mut s.ready);
                 }
                 None => {
-                    if shapes.len() >= MAX_SHAPES {
-                        if let Some(oldest) = shapes.iter().min_by_key(|(_, s)| s.used).map(|(k, _)| k.clone()) {
-                            if let Some(mut s) = shapes.remove(&oldest) {
-                                evicted.append(&mut s.ready);
-                            }
-                        }
+                    if shapes.len() >= MAX_SHAPES
+                        && let Some(oldest) = shapes.iter().min_by_key(|(_, s)| s.used).map(|(k, _)| k.clone())
+                        && let Some(mut s) = shapes.remove(&oldest)
+                    {
+                        evicted.append(&mut s.ready);
                     }
                     shapes.insert(
                         k.clone(),

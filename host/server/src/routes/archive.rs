@@ -263,11 +263,10 @@ pub async fn direct(
             return Err(ApiError::unprocessable("archive_size_mismatch", "an archive cannot be empty"));
         }
         must_await_archive(&run)?;
-        if let Some(len) = headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
-            if len != size {
+        if let Some(len) = headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+            && len != size {
                 return Err(ApiError::unprocessable("archive_size_mismatch", format!("declared sizeBytes {size}, but Content-Length is {len}")));
             }
-        }
         let locator = store_archive(&state, &run, size, &sha, body_reader(body), None).await?;
         tracing::debug!(run_id = %run.id, "step: archive stored");
         let info = ArchiveInfo { size_bytes: size, sha256: sha.clone(), upload: "direct".into(), locator, uploaded_at_ms: now_ms() };

@@ -143,23 +143,21 @@ pub async fn create(
             }
             Some(_) => {}
         }
-        if let Some(sbx) = &parsed.sandbox_id {
-            if let Some((_, reason)) = state.store.sandbox_tombstone(sbx.clone()).await.map_err(ApiError::store)? {
-                return Err(ApiError::conflict(
-                    "sandbox_destroyed",
-                    format!(
-                        "sandbox {sbx} was destroyed ({reason}); create the run without `sandboxId` to get a new one"
-                    ),
-                ));
-            }
+        if let Some(sbx) = &parsed.sandbox_id
+            && let Some((_, reason)) = state.store.sandbox_tombstone(sbx.clone()).await.map_err(ApiError::store)?
+        {
+            return Err(ApiError::conflict(
+                "sandbox_destroyed",
+                format!("sandbox {sbx} was destroyed ({reason}); create the run without `sandboxId` to get a new one"),
+            ));
         }
-        if let Some(t) = parsed.timeout_ms {
-            if t == 0 || t > state.limits.max_timeout_ms {
-                return Err(ApiError::unprocessable(
-                    "invalid_request",
-                    format!("`timeoutMs` must be 1 to {}", state.limits.max_timeout_ms),
-                ));
-            }
+        if let Some(t) = parsed.timeout_ms
+            && (t == 0 || t > state.limits.max_timeout_ms)
+        {
+            return Err(ApiError::unprocessable(
+                "invalid_request",
+                format!("`timeoutMs` must be 1 to {}", state.limits.max_timeout_ms),
+            ));
         }
         if parsed.metadata.len() > 64
             || parsed.metadata.iter().any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 1024)
@@ -179,7 +177,7 @@ pub async fn create(
             artifacts: artifacts.clone()?,
             auto_start: parsed.auto_start,
         };
-        let respond = slot.map(|s| s.respond(StatusCode::CREATED, |run| views::run(run)));
+        let respond = slot.map(|s| s.respond(StatusCode::CREATED, views::run));
         let run = state
             .store
             .create_run(new_id("wsr"), org.clone(), project.clone(), spec, respond)
@@ -285,10 +283,12 @@ pub async fn start(
     };
     // Refused before anything starts, and not remembered under the
     // idempotency key: the same request may succeed once there is room.
-    if run.status == RunStatus::AwaitingArchive && run.archive.is_some() && !run.cancel_requested {
-        if let Err(e) = admission_precheck(&state, &caller, &run).await {
-            return e.into_response();
-        }
+    if run.status == RunStatus::AwaitingArchive
+        && run.archive.is_some()
+        && !run.cancel_requested
+        && let Err(e) = admission_precheck(&state, &caller, &run).await
+    {
+        return e.into_response();
     }
     let hash = idempotency::hash(&[id.as_bytes()]);
     idempotency::once(&state, &run.project_id.clone(), "start", key, hash, async |_| {

@@ -96,10 +96,10 @@ pub async fn upload(client: &Client, run_id: &str, archive: &Path, expected: Opt
         let (size, sha) = tokio::task::spawn_blocking(move || sha256_file(&path)).await??;
         (size, sha, None)
     };
-    if let Some(e) = expected {
-        if !e.eq_ignore_ascii_case(&sha) {
-            bail!("{} has sha256 {sha}, not the expected {e}", archive.display());
-        }
+    if let Some(e) = expected
+        && !e.eq_ignore_ascii_case(&sha)
+    {
+        bail!("{} has sha256 {sha}, not the expected {e}", archive.display());
     }
     if let Some(bytes) = small {
         let mut p = Progress::new("uploading", size);
