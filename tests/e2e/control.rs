@@ -593,13 +593,15 @@ async fn kept_sandboxes_count_against_the_plan_until_killed() {
     api.upload(&third_id, &archive).await;
     let (st, v) = api.start(&third_id).await;
     assert_eq!((st, v["error"]["code"].as_str()), (429, Some("quota_exceeded")), "{v}");
-    // A key without the scope cannot kill; a run's sandbox that was not kept is not killable.
+    // A key without the scope cannot kill; a run's sandbox that was not
+    // kept was destroyed with its run: killing it returns that state.
     let narrow = api.with_key(&key(&s, None, &["workspace_runs:read"]).await);
     let (st, v) = narrow.post(&format!("/v1/sandboxes/{}/kill", kept[0]), json!({})).await;
     assert_eq!(st, 403, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("sandboxes:kill"));
     let (st, v) = api.post(&format!("/v1/sandboxes/{}/kill", plain["sandboxId"].as_str().unwrap()), json!({})).await;
-    assert_eq!((st, v["error"]["code"].as_str()), (409, Some("sandbox_not_kept")), "{v}");
+    assert_eq!((st, v["data"]["status"].as_str()), (200, Some("destroyed")), "{v}");
+    assert!(v["data"]["reason"].as_str().unwrap().contains(plain["id"].as_str().unwrap()), "{v}");
     assert_eq!(api.post("/v1/sandboxes/sbx_nope/kill", json!({})).await.0, 404);
     // The CLI kills one; the plan has room again and its time is in the usage.
     let out = s.cli().args(["sandboxes", "kill", &kept[0]]).output().unwrap();

@@ -81,8 +81,16 @@ impl EventStream {
                     self.buf.extend_from_slice(&chunk)
                 }
                 Some(Err(_)) | None => {
-                    // Dropped before `terminal`: resume after the last seq.
+                    // Dropped before `terminal`: resume after the last seq,
+                    // unless the run has ended (the server closes a stream
+                    // whose cursor is already past `terminal`).
                     self.body = None;
+                    let run = self.client.get(&format!("/v1/workspace-runs/{}", self.run_id)).await;
+                    let ended = run.ok().and_then(|r| r["status"].as_str().map(String::from));
+                    if ended.is_some_and(|s| matches!(s.as_str(), "succeeded" | "failed" | "canceled")) {
+                        self.done = true;
+                        return Ok(None);
+                    }
                     self.reconnects += 1;
                     if self.reconnects > 20 {
                         return Err(ClientError::Other("the event stream kept disconnecting".into()));

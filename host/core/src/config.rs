@@ -64,6 +64,9 @@ pub struct RunSettings {
     /// A staged transfer not completed within this many seconds is
     /// abandoned: its parts (on disk or in the bucket) are deleted.
     pub abandoned_transfer_secs: u64,
+    /// A run still waiting for its archive this many seconds after it was
+    /// created fails with `archive_missing` (and its transfers' parts go).
+    pub archive_wait_secs: u64,
 }
 
 impl Default for RunSettings {
@@ -79,6 +82,7 @@ impl Default for RunSettings {
             heartbeat_secs: 15,
             output_flush_ms: 50,
             abandoned_transfer_secs: 48 * 3600,
+            archive_wait_secs: 24 * 3600,
         }
     }
 }

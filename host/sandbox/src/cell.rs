@@ -231,8 +231,11 @@ impl Cell {
         if self.host.layout.unavailable.is_some() {
             return Ok(None);
         }
-        let cg = Cgroup::create(&self.host.layout, &self.cgroup_name(), &self.rec.limits)
-            .map_err(|e| unavailable("create cgroup", e))?;
+        let cg = Cgroup::create(&self.host.layout, &self.cgroup_name(), &self.rec.limits).map_err(|e| {
+            // The error names host cgroup paths: log them, tell the kind.
+            tracing::warn!(sandbox_id = %self.rec.id, "cannot create the sandbox's cgroup: {e}");
+            unavailable("create the sandbox's cgroup", e.kind())
+        })?;
         Ok(Some(cg))
     }
 
@@ -529,8 +532,12 @@ impl Cell {
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
-        let mut child = crate::spawner::spawn(cmd)
-            .map_err(|e| unavailable(&format!("start the sandbox helper {}", self.host.cfg.helper.display()), e))?;
+        // The helper's path is the host's business: it goes to the log,
+        // not into an error a user reads.
+        let mut child = crate::spawner::spawn(cmd).map_err(|e| {
+            tracing::warn!(helper = %self.host.cfg.helper.display(), "cannot start the sandbox helper: {e}");
+            unavailable("start the sandbox helper", e)
+        })?;
         let (stdout, stderr, stdin) = (child.stdout.take(), child.stderr.take(), child.stdin.take());
         // Bigger pipes: fewer wake-ups and reads when a command floods output.
         for fd in [stdout.as_ref().map(|s| s.as_raw_fd()), stderr.as_ref().map(|s| s.as_raw_fd())].into_iter().flatten()

@@ -82,6 +82,43 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// An error response made outside our handlers (an extractor's rejection,
+/// axum's own limits) put in the API's envelope, so every error a client
+/// sees has the same shape: `code` by status, the text as the message.
+pub async fn envelope_foreign(r: Response) -> Response {
+    let status = r.status();
+    if !(status.is_client_error() || status.is_server_error()) || r.extensions().get::<ErrorBody>().is_some() {
+        return r;
+    }
+    let (parts, body) = r.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024).await.map(|b| String::from_utf8_lossy(&b).into_owned());
+    let text = text.unwrap_or_default();
+    let (status, code) = match status {
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => (StatusCode::BAD_REQUEST, "invalid_request"),
+        StatusCode::NOT_FOUND => (status, "not_found"),
+        StatusCode::METHOD_NOT_ALLOWED => (status, "method_not_allowed"),
+        StatusCode::PAYLOAD_TOO_LARGE => (status, "request_too_large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (status, "unsupported_media_type"),
+        StatusCode::LENGTH_REQUIRED => (status, "length_required"),
+        s if s.is_server_error() => (s, "internal"),
+        s => (s, "invalid_request"),
+    };
+    let message = if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("request refused").to_string()
+    } else {
+        text.trim().to_string()
+    };
+    let mut out = ApiError::new(status, code, message).into_response();
+    for (k, v) in parts
+        .headers
+        .iter()
+        .filter(|(k, _)| *k != axum::http::header::CONTENT_TYPE && *k != axum::http::header::CONTENT_LENGTH)
+    {
+        out.headers_mut().insert(k.clone(), v.clone());
+    }
+    out
+}
+
 /// Rewrite an error response with its request id.
 pub fn with_request_id(mut r: Response, request_id: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(request_id) {

@@ -150,7 +150,8 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
     // Idempotency records are kept at least 24 hours (purged after 48);
     // staged transfers left open are swept after `abandoned_transfer_secs`.
     let abandoned = Duration::from_secs(r.abandoned_transfer_secs.max(1));
-    let every = (abandoned / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let archive_wait = Duration::from_secs(r.archive_wait_secs.max(1));
+    let every = (abandoned.min(archive_wait) / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
     let sweeper = state.clone();
     tokio::spawn(async move {
         let mut last_purge: Option<std::time::Instant> = None;
@@ -159,6 +160,9 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
                 let _ = store.purge_older_than(48 * 3600 * 1000).await;
                 last_purge = Some(std::time::Instant::now());
             }
+            // Runs that never got an archive end first, so their
+            // transfers are swept in the same round.
+            sweeper.executor.expire_awaiting(archive_wait).await;
             crownest_server::sweep_abandoned_transfers(&sweeper, abandoned).await;
             tokio::time::sleep(every).await;
         }

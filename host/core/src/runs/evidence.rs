@@ -87,6 +87,8 @@ pub fn build(i: &EvidenceInput<'_>) -> (Vec<u8>, String) {
         "template": { "name": r.spec.template, "digest": r.template_digest },
         "sandbox": { "id": r.sandbox_id, "kept": r.spec.keep_sandbox },
         "timeoutMs": r.spec.timeout_ms,
+        "env": r.spec.env,
+        "secretEnv": r.spec.secret_env,
         "timestamps": {
             "createdAt": ts(Some(r.created_at_ms)),
             "queuedAt": ts(r.queued_at_ms),

@@ -11,21 +11,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::error::{ErrorKind, PluginError};
-use crate::ports::{
-    ArtifactStore, ExecSpec, ExitStatus, PutRequest, RuntimeProvider, Sandbox, SandboxLimits, SandboxSpec,
-};
+use crate::ports::{ArtifactStore, ExecSpec, ExitStatus, RuntimeProvider, Sandbox, SandboxLimits, SandboxSpec};
+use crate::runs::collect::{CollectError, Collector};
 use crate::runs::evidence::StreamStats;
 use crate::runs::hub::EventHub;
-use crate::runs::ids::{new_id, now_ms};
 use crate::runs::metering::{Lease, Metering, stop_code};
 use crate::runs::model::{EventType, Run, RunStatus};
 use crate::runs::output::{self, OutputSettings};
-use crate::runs::store::{ArtifactRecord, AuditEvent, Finish, Store, Transition};
+use crate::runs::store::{AuditEvent, Finish, Store, Transition};
 
 /// Executor settings.
 #[derive(Debug, Clone)]
@@ -104,6 +100,37 @@ struct Gathered {
     extract: Option<Value>,
     artifact_errors: Vec<Value>,
     metering: Option<Value>,
+}
+
+/// A run that asked for its artifacts (`requireArtifacts`) fails when one
+/// could not be collected, although its command succeeded.
+fn require_artifacts(run: &Run, ending: Ending, g: &Gathered) -> Ending {
+    if !run.spec.require_artifacts || ending.status != RunStatus::Succeeded || g.artifact_errors.is_empty() {
+        return ending;
+    }
+    let names: Vec<&str> = g.artifact_errors.iter().filter_map(|e| e["name"].as_str()).collect();
+    Ending {
+        status: RunStatus::Failed,
+        exit_code: ending.exit_code,
+        reason: Some("artifacts_missing"),
+        message: Some(format!(
+            "the command succeeded, but {} required artifact(s) could not be collected: {}",
+            names.len(),
+            names.join(", ")
+        )),
+    }
+}
+
+/// A command's environment on top of its template's: the run's id, `CI`
+/// (runs are non-interactive: tools pick their CI behaviour), then what the
+/// run asked for, plain and secret (a run may override `CI`).
+fn command_env(run: &Run, secrets: std::collections::BTreeMap<String, String>) -> Vec<(String, String)> {
+    let mut env = vec![("CROWNEST_RUN_ID".to_string(), run.id.clone()), ("CI".to_string(), "true".to_string())];
+    for (k, v) in run.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).chain(secrets) {
+        env.retain(|(name, _)| *name != k);
+        env.push((k, v));
+    }
+    env
 }
 
 fn sandbox_failure(e: &PluginError) -> &'static str {
@@ -276,6 +303,7 @@ impl Executor {
         tracing::debug!(run_id, "step: running");
         let ending = self.run_in(&run, archive, sandbox.as_ref(), reused, &cancel, lease.as_deref(), &mut g).await;
         self.collect_artifacts(&run, sandbox.as_ref(), &mut g).await;
+        let ending = require_artifacts(&run, ending, &g);
         tracing::debug!(run_id, "step: artifacts collected");
         g.metering = if run.spec.keep_sandbox {
             // The kept sandbox stays metered; the run's share is its own time.
@@ -400,11 +428,12 @@ impl Executor {
 
         // The sandbox's own environment names the run that created it; a
         // reused sandbox must show the command the run it belongs to.
-        let exec = ExecSpec {
-            command: run.spec.command.clone(),
-            env: vec![("CROWNEST_RUN_ID".into(), run.id.clone())],
-            cwd: "/workspace".into(),
+        let secrets = match self.store.run_secrets(run.id.clone()).await {
+            Ok(s) => s,
+            Err(e) => return Ending::failed("sandbox_error", format!("cannot read the run's secret variables: {e}")),
         };
+        let exec =
+            ExecSpec { command: run.spec.command.clone(), env: command_env(run, secrets), cwd: "/workspace".into() };
         tracing::debug!(run_id, "step: extracted");
         // The final report is committed while the command starts: the
         // command's output is read, and its events appended, after both.
@@ -541,78 +570,27 @@ impl Executor {
         }
     }
 
-    /// Keep each declared file: one failing never loses the others.
+    /// Keep each declared artifact: one failing never loses the others.
     async fn collect_artifacts(&self, run: &Run, sandbox: &dyn Sandbox, g: &mut Gathered) {
+        let collector = Collector {
+            store: &self.store,
+            artifacts: self.backends.artifacts.as_ref(),
+            max_bytes: self.settings.max_artifact_bytes,
+            store_name: &self.settings.artifact_store_name,
+        };
         for spec in &run.spec.artifacts {
-            match self.collect_one(run, sandbox, &spec.path, &spec.name).await {
+            match collector.collect(run, sandbox, spec).await {
                 Ok(a) => {
                     let data = json!({"artifactId": a.id, "name": a.name, "path": a.path, "sizeBytes": a.size, "sha256": a.sha256});
                     self.event(&run.id, EventType::ArtifactCollected, data).await;
                 }
-                Err((code, message)) => {
+                Err(CollectError { code, message }) => {
                     let data = json!({"name": spec.name, "path": spec.path, "code": code, "message": message});
                     g.artifact_errors.push(data.clone());
                     self.event(&run.id, EventType::ArtifactError, data).await;
                 }
             }
         }
-    }
-
-    async fn collect_one(
-        &self,
-        run: &Run,
-        sandbox: &dyn Sandbox,
-        path: &str,
-        name: &str,
-    ) -> Result<ArtifactRecord, (String, String)> {
-        let code = |e: &PluginError| match e.kind {
-            ErrorKind::NotFound => "artifact_not_found".to_string(),
-            ErrorKind::Invalid => "artifact_invalid".to_string(),
-            ErrorKind::Unavailable => "artifact_store_unavailable".to_string(),
-            _ => "artifact_error".to_string(),
-        };
-        let max = self.settings.max_artifact_bytes;
-        // First pass: size and sha256 (stores want them before the body).
-        let (mut reader, size) = sandbox.open_file(path, max).await.map_err(|e| (code(&e), e.message.clone()))?;
-        let mut sha = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut seen = 0u64;
-        loop {
-            let n = reader.read(&mut buf).await.map_err(|e| ("artifact_error".to_string(), e.to_string()))?;
-            if n == 0 {
-                break;
-            }
-            seen += n as u64;
-            sha.update(&buf[..n]);
-        }
-        if seen != size {
-            return Err(("artifact_changed".into(), format!("`{path}` changed while it was read")));
-        }
-        let sha256 = hex::encode(sha.finalize());
-        let (body, _) = sandbox.open_file(path, max).await.map_err(|e| (code(&e), e.message.clone()))?;
-        let id = new_id("art");
-        let req = PutRequest {
-            key: format!("artifacts/{}/{}", run.id, id),
-            size,
-            sha256: sha256.clone(),
-            content_type: None,
-            metadata: vec![("name".into(), name.into()), ("run".into(), run.id.clone())],
-        };
-        let info = self.backends.artifacts.put(req, body).await.map_err(|e| (code(&e), e.message.clone()))?;
-        let record = ArtifactRecord {
-            id,
-            run_id: run.id.clone(),
-            project_id: run.project_id.clone(),
-            name: name.into(),
-            path: path.into(),
-            size,
-            sha256,
-            store: self.settings.artifact_store_name.clone(),
-            locator: info.locator,
-            created_at_ms: now_ms(),
-        };
-        self.store.insert_artifact(record.clone()).await.map_err(|e| ("artifact_error".to_string(), e.to_string()))?;
-        Ok(record)
     }
 
     /// An audit event by the server itself (a kill at a cap, a sandbox
@@ -642,7 +620,13 @@ impl Executor {
             tracing::warn!(run_id = %run.id, "destroying the sandbox failed (the reaper will retry): {e}");
         }
         let detail = format!("run {} ended", run.id);
-        self.audit_system("sandboxes:destroy", &sandbox.info().id, &run.org_id, &run.project_id, &detail).await;
+        // Every destroyed sandbox leaves a tombstone, a reused kept one
+        // included: a later run naming it is refused at create.
+        let sandbox_id = sandbox.info().id.clone();
+        if let Err(e) = self.store.tombstone_sandbox(sandbox_id.clone(), format!("destroyed when {detail}")).await {
+            tracing::error!(sandbox_id, "cannot record the sandbox tombstone: {e}");
+        }
+        self.audit_system("sandboxes:destroy", &sandbox_id, &run.org_id, &run.project_id, &detail).await;
     }
 
     /// Destroy a kept sandbox on request (`sandboxes:kill`): its metering
@@ -753,6 +737,29 @@ impl Executor {
         }
     }
 
+    /// Fail runs that waited longer than `max_wait` for an archive that
+    /// never came (an upload that failed or was refused, a client that
+    /// went away): `failed` with `archive_missing`. Returns how many.
+    pub async fn expire_awaiting(&self, max_wait: Duration) -> usize {
+        let runs = match self.store.stale_awaiting_runs(max_wait.as_millis() as u64).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("cannot list runs waiting for an archive: {e}");
+                return 0;
+            }
+        };
+        let message = format!(
+            "no archive was uploaded within {} s of the run's creation (runs.archive_wait_secs); create a new run",
+            max_wait.as_secs()
+        );
+        for run in &runs {
+            self.event(&run.id, EventType::Error, json!({"code": "archive_missing", "message": message})).await;
+            self.finish(run, Ending::failed("archive_missing", message.clone()), Gathered::default()).await;
+            tracing::info!(run_id = %run.id, "run expired waiting for its archive");
+        }
+        runs.len()
+    }
+
     /// After a restart: fail every run that was active, meter the kept
     /// sandboxes again, then reap every sandbox no kept run owns.
     pub async fn recover(&self) -> anyhow::Result<usize> {
@@ -776,6 +783,10 @@ impl Executor {
                         tracing::warn!(sandbox_id = %id, "cannot reap orphaned sandbox: {e}");
                     } else {
                         tracing::info!(sandbox_id = %id, "reaped orphaned sandbox");
+                        let reason = "reaped at start-up: the server restarted while it was in use".to_string();
+                        if let Err(e) = self.store.tombstone_sandbox(id.clone(), reason).await {
+                            tracing::error!(sandbox_id = %id, "cannot record the sandbox tombstone: {e}");
+                        }
                     }
                 }
             }

@@ -6,6 +6,7 @@
 //! compare-and-set in the store; events are a gap-free per-run sequence
 //! written to disk before anyone sees them.
 
+pub mod collect;
 pub mod evidence;
 pub mod executor;
 pub mod hub;

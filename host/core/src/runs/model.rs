@@ -106,6 +106,18 @@ pub struct RunSpec {
     /// separate `start` request).
     #[serde(default)]
     pub auto_start: bool,
+    /// Environment variables for the command, shown and kept in evidence.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Names of secret variables: their values are kept apart (see
+    /// `Store::run_secrets`), never shown, logged or put in evidence, and
+    /// deleted when the run ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<String>,
+    /// Fail the run (`artifacts_missing`) when a declared artifact cannot
+    /// be collected, although the command succeeded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_artifacts: bool,
 }
 
 /// A Workspace Run.

@@ -26,6 +26,7 @@ use tokio::io::AsyncReadExt;
 use crate::ports::ByteStream;
 use crate::runs::evidence::StreamStats;
 use crate::runs::hub::EventHub;
+use crate::runs::ids::{now_ms, rfc3339};
 use crate::runs::model::EventType;
 use crate::runs::output_log::{self, ChunkBuf, LogWriter};
 use crate::runs::recycle::Recycler;
@@ -92,6 +93,9 @@ struct Filled {
     /// through the last of them (none if the cap was reached before the
     /// chunk began).
     kept: Option<(usize, String)>,
+    /// When the chunk's first byte was read (Unix ms): stdout and stderr
+    /// are two pipes, and this is the best order between them there is.
+    read_at_ms: u64,
 }
 
 /// Chunk buffers released by the hub and its readers, for every capture
@@ -113,7 +117,7 @@ impl Sink {
     /// the events that record it, the chunk, and how many of its bytes were
     /// stored (at which offset).
     async fn store(&mut self, filled: Filled) -> std::io::Result<(ChunkEvents, ChunkBuf, Option<(u64, usize)>)> {
-        let Filled { buf: chunk, kept } = filled;
+        let Filled { buf: chunk, kept, read_at_ms } = filled;
         let mut events = Vec::new();
         if chunk.is_empty() {
             return Ok((events, chunk, None));
@@ -144,7 +148,10 @@ impl Sink {
         let stored = kept.is_some().then_some((offset, keep_len));
         if let Some((_, sha)) = kept {
             self.stats.stored_bytes += keep_len as u64;
-            events.push((self.kind, json!({ "offset": offset, "bytes": keep_len, "streamSha256": sha })));
+            events.push((
+                self.kind,
+                json!({ "offset": offset, "bytes": keep_len, "streamSha256": sha, "readAt": rfc3339(read_at_ms) }),
+            ));
         }
         if keep_len < chunk_len && !self.cap_announced {
             self.cap_announced = true;
@@ -207,6 +214,8 @@ struct Filler {
     cap: u64,
     chunk_bytes: usize,
     flush_interval: Duration,
+    /// When the first byte of the chunk being filled was read.
+    first_read_ms: Option<u64>,
 }
 
 impl Filler {
@@ -222,6 +231,7 @@ impl Filler {
             cap: settings.cap_bytes,
             chunk_bytes,
             flush_interval: settings.flush_interval,
+            first_read_ms: None,
         }
     }
 
@@ -264,7 +274,7 @@ impl Filler {
             (buf.len().min(usize::try_from(room).unwrap_or(usize::MAX)), digest)
         });
         self.before += buf.len() as u64;
-        Filled { buf, kept }
+        Filled { buf, kept, read_at_ms: self.first_read_ms.take().unwrap_or_else(now_ms) }
     }
 
     /// Read, hash and send chunks until the end of the stream (or until the
@@ -288,6 +298,7 @@ impl Filler {
                     self.hash_read(n);
                     if n > 0 {
                         deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.flush_interval);
+                        self.first_read_ms.get_or_insert_with(now_ms);
                     }
                     (self.buf.len() >= self.chunk_bytes, n == 0)
                 }
@@ -390,7 +401,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let boot = store.bootstrap().unwrap().unwrap();
         let spec = crate::runs::model::RunSpec { command: "yes".into(), template: "base".into(), ..Default::default() };
-        store.create_run("wsr_t".into(), boot.org_id, boot.project_id, spec, None).await.unwrap();
+        store.create_run("wsr_t".into(), boot.org_id, boot.project_id, spec, Default::default(), None).await.unwrap();
         let hub = Arc::new(EventHub::default());
         let (mut tx, rx) = tokio::io::duplex(piece);
         let writer = {

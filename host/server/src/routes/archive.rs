@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -278,7 +277,7 @@ pub async fn direct(
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a JSON object with `sizeBytes` and `sha256`")]
 struct TransferBody {
     size_bytes: u64,
     sha256: String,
@@ -333,11 +332,11 @@ pub async fn create_transfer(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<json::RequestBody, ApiError>,
 ) -> Response {
     let r: ApiResult<Response> = async {
         let run = visible_run(&state, &caller, &id, "workspace_runs:create").await?;
-        let body = body.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+        let body = body?.0;
         let b: TransferBody = json::parse(&body)?;
         let sha = sha256_arg(&b.sha256)?;
         if b.size_bytes == 0 {
@@ -356,7 +355,7 @@ pub async fn create_transfer(
         }
         let part = b.part_size_bytes.unwrap_or(state.limits.part_bytes);
         if !(1 << 20..=64 << 20).contains(&part) {
-            return Err(ApiError::unprocessable("invalid_request", "`partSizeBytes` must be between 1 MiB and 64 MiB"));
+            return Err(ApiError::bad_request("invalid_request", "`partSizeBytes` must be between 1 MiB and 64 MiB"));
         }
         must_await_archive(&run)?;
         let id = new_id("xfr");
@@ -453,10 +452,13 @@ pub async fn get_transfer(
 pub async fn put_part(
     State(state): State<AppState>,
     caller: Caller,
-    Path((id, tid, n)): Path<(String, String, u64)>,
+    Path((id, tid, n)): Path<(String, String, String)>,
     body: Body,
 ) -> Response {
     let r: ApiResult<Response> = async {
+        let n: u64 = n.parse().map_err(|_| {
+            ApiError::bad_request("invalid_request", format!("part number `{n}` is not a non-negative integer"))
+        })?;
         let (_, t) = visible_transfer(&state, &caller, &id, &tid).await?;
         if t.status != "open" {
             return Err(ApiError::conflict("transfer_complete", format!("transfer {tid} is already complete")));

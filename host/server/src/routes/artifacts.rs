@@ -65,7 +65,7 @@ pub async fn content(State(state): State<AppState>, caller: Caller, Path(id): Pa
         }
         let reader = state.artifacts.get(&a.locator).await.map_err(ApiError::plugin)?;
         let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20));
-        let disposition = format!("attachment; filename=\"{}\"", a.name);
+        let disposition = content_disposition(&a.name);
         Ok((
             StatusCode::OK,
             [
@@ -80,4 +80,33 @@ pub async fn content(State(state): State<AppState>, caller: Caller, Path(id): Pa
     }
     .await;
     r.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `attachment` with the artifact's name: an ASCII fallback (`filename`)
+/// and the exact name percent-encoded as UTF-8 (`filename*`, RFC 6266), so
+/// any printable name survives and none can break the header.
+fn content_disposition(name: &str) -> String {
+    let fallback: String =
+        name.chars().map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' { c } else { '_' }).collect();
+    let mut encoded = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::content_disposition;
+
+    #[test]
+    fn names_with_quotes_and_unicode_make_a_valid_header() {
+        let h = content_disposition("a \"b\" résumé.pdf");
+        assert_eq!(h, "attachment; filename=\"a _b_ r_sum_.pdf\"; filename*=UTF-8''a%20%22b%22%20r%C3%A9sum%C3%A9.pdf");
+        assert!(axum::http::HeaderValue::from_str(&h).is_ok());
+    }
 }

@@ -3,11 +3,9 @@
 
 use std::collections::HashMap;
 
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use crownest_core::ports::UsageQuery;
 use crownest_core::runs::ids::now_ms;
 use crownest_core::runs::store::{AuditFilter, StoreError};
@@ -24,13 +22,13 @@ fn respond(r: ApiResult<Response>) -> Response {
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
-fn body<T: serde::de::DeserializeOwned>(b: Result<Bytes, BytesRejection>) -> ApiResult<T> {
-    let b = b.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+fn body<T: serde::de::DeserializeOwned>(b: Result<json::RequestBody, ApiError>) -> ApiResult<T> {
+    let b = b?.0;
     json::parse(&b)
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a JSON object with `name`")]
 struct ProjectBody {
     name: String,
 }
@@ -39,7 +37,7 @@ struct ProjectBody {
 pub async fn create_project(
     State(state): State<AppState>,
     caller: Caller,
-    b: Result<Bytes, BytesRejection>,
+    b: Result<json::RequestBody, ApiError>,
 ) -> Response {
     respond(
         async {
@@ -50,7 +48,7 @@ pub async fn create_project(
                 || name.len() > 64
                 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
             {
-                return Err(ApiError::unprocessable(
+                return Err(ApiError::bad_request(
                     "invalid_request",
                     "`name` must be 1-64 characters of letters, digits, `-`, `_` or `.`",
                 ));
@@ -88,7 +86,7 @@ pub async fn list_projects(State(state): State<AppState>, caller: Caller) -> Res
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a JSON object with `scopes`")]
 struct KeyBody {
     /// Restrict the key to this project (id or name).
     project_id: Option<String>,
@@ -98,7 +96,11 @@ struct KeyBody {
 }
 
 /// `POST /v1/keys` (admin): the full key is in this response only.
-pub async fn create_key(State(state): State<AppState>, caller: Caller, b: Result<Bytes, BytesRejection>) -> Response {
+pub async fn create_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    b: Result<json::RequestBody, ApiError>,
+) -> Response {
     respond(
         async {
             caller.require_admin(&state, "keys:create").await?;
@@ -118,7 +120,7 @@ pub async fn create_key(State(state): State<AppState>, caller: Caller, b: Result
                 None => (None, caller.default_project(&state).await?.1),
             };
             let expires = match b.expires_in_secs {
-                Some(0) => return Err(ApiError::unprocessable("invalid_request", "`expiresInSecs` must be positive")),
+                Some(0) => return Err(ApiError::bad_request("invalid_request", "`expiresInSecs` must be positive")),
                 Some(s) => Some(now_ms().saturating_add(s.saturating_mul(1000))),
                 None => None,
             };

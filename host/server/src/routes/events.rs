@@ -182,6 +182,12 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
             if batch.len() as u32 == PAGE {
                 continue;
             }
+            // Nothing new: a terminal run has nothing more to send (the
+            // cursor is at its end, past `terminal`), so the client has
+            // everything and the stream ends now instead of idling.
+            if batch.is_empty() && run_is_terminal(&state, &run_id).await {
+                return;
+            }
             tokio::select! {
                 changed = watch.changed() => {
                     if changed.is_err() {
@@ -201,6 +207,12 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
             }
         }
     })
+}
+
+/// Whether the run has reached a terminal state (its terminal event is
+/// committed with the status, so every event is readable by then).
+async fn run_is_terminal(state: &AppState, run_id: &str) -> bool {
+    state.store.get_run(run_id.to_string()).await.is_ok_and(|r| r.status.is_terminal())
 }
 
 /// A stream fed by an async task through a bounded channel.

@@ -59,6 +59,7 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let resp = next.run(req).await;
+    let resp = crate::error::envelope_foreign(resp).await;
     tracing::debug!(request_id = %id, %method, %path, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
     with_request_id(resp, &id)
 }

@@ -2,8 +2,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -20,14 +18,14 @@ use crate::state::AppState;
 use crate::{idempotency, json, views};
 
 #[derive(Deserialize, Clone)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "an artifact: a path string, or an object {\"path\", \"name\"?}")]
 enum ArtifactArg {
     Path(String),
     Spec { path: String, name: Option<String> },
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a JSON object with at least `command`")]
 struct CreateBody {
     command: String,
     template: Option<String>,
@@ -42,13 +40,78 @@ struct CreateBody {
     artifacts: Vec<ArtifactArg>,
     #[serde(default)]
     auto_start: bool,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    /// Values never shown, logged or kept in evidence.
+    #[serde(default)]
+    secret_env: BTreeMap<String, String>,
+    #[serde(default)]
+    require_artifacts: bool,
 }
 
 const DEFAULT_TEMPLATE: &str = "python-node";
+/// Environment variables a run may set, in all (plain and secret).
+const MAX_ENV_VARS: usize = 128;
+/// Bytes of names and values together.
+const MAX_ENV_BYTES: usize = 256 * 1024;
+
+/// Environment variables must be names a shell can export, of reasonable
+/// size, with no NUL; `CROWNEST_*` is the host's own; a name is plain or
+/// secret, not both.
+fn validate_env(env: &BTreeMap<String, String>, secret: &BTreeMap<String, String>) -> ApiResult<()> {
+    if env.len() + secret.len() > MAX_ENV_VARS {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("at most {MAX_ENV_VARS} environment variables (`env` and `secretEnv` together)"),
+        ));
+    }
+    let total: usize = env.iter().chain(secret.iter()).map(|(k, v)| k.len() + v.len()).sum();
+    if total > MAX_ENV_BYTES {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("environment variables take {total} bytes; at most {MAX_ENV_BYTES}"),
+        ));
+    }
+    for (field, map) in [("env", env), ("secretEnv", secret)] {
+        for (k, v) in map {
+            let mut b = k.bytes();
+            let shell_name = matches!(b.next(), Some(c) if c == b'_' || c.is_ascii_alphabetic())
+                && b.all(|c| c == b'_' || c.is_ascii_alphanumeric());
+            if !shell_name || k.len() > 128 {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    format!(
+                        "`{field}`: `{}` is not a variable name ([A-Za-z_][A-Za-z0-9_]*, up to 128 bytes)",
+                        k.escape_debug()
+                    ),
+                ));
+            }
+            if k.starts_with("CROWNEST_") {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    format!("`{field}`: `{k}`: names starting with CROWNEST_ are set by CrowNest itself"),
+                ));
+            }
+            if v.contains('\0') {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    format!("`{field}`: the value of `{k}` contains a NUL byte"),
+                ));
+            }
+        }
+    }
+    if let Some(k) = env.keys().find(|k| secret.contains_key(*k)) {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("`{k}` is in both `env` and `secretEnv`; give it once"),
+        ));
+    }
+    Ok(())
+}
 
 fn validate_artifacts(args: Vec<ArtifactArg>) -> ApiResult<Vec<ArtifactSpec>> {
     if args.len() > 64 {
-        return Err(ApiError::unprocessable("invalid_request", "at most 64 artifacts may be declared"));
+        return Err(ApiError::bad_request("invalid_request", "at most 64 artifacts may be declared"));
     }
     let mut out: Vec<ArtifactSpec> = Vec::new();
     for a in args {
@@ -66,13 +129,20 @@ fn validate_artifacts(args: Vec<ArtifactArg>) -> ApiResult<Vec<ArtifactSpec>> {
             ));
         }
         let name = name.unwrap_or_else(|| rel.rsplit('/').next().unwrap_or(rel).to_string());
+        // Names are labels (stores key artifacts by id): any printable
+        // text, so `test report.html` or `résumé.pdf` are fine.
         if name.is_empty()
             || name.len() > 255
-            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            || name == "."
+            || name == ".."
+            || name.chars().any(|c| c.is_control() || c == '/')
         {
             return Err(ApiError::unprocessable(
                 "invalid_artifact_name",
-                format!("artifact name `{name}` must be 1 to 255 characters of [A-Za-z0-9._-]"),
+                format!(
+                    "artifact name `{}` must be 1 to 255 bytes of printable characters without `/`, and not `.` or `..`",
+                    name.escape_debug()
+                ),
             ));
         }
         if out.iter().any(|o| o.name == name) {
@@ -90,11 +160,11 @@ pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<json::RequestBody, ApiError>,
 ) -> Response {
     let body = match body {
-        Ok(b) => b,
-        Err(e) => return ApiError::bad_request("invalid_request", e.body_text()).into_response(),
+        Ok(b) => b.0,
+        Err(e) => return e.into_response(),
     };
     let parsed: CreateBody = match json::parse(&body) {
         Ok(b) => b,
@@ -113,15 +183,19 @@ pub async fn create(
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
-    let hash = idempotency::hash(&[&body]);
+    // The same request in another key order or spacing is the same request.
+    let hash = idempotency::hash(&[&json::canonical(&body)]);
     let artifacts = validate_artifacts(parsed.artifacts);
     idempotency::once(&state, &project, "create", key, hash, async |slot: Option<idempotency::Slot>| {
         let command = parsed.command.trim();
         if command.is_empty() {
             return Err(ApiError::bad_request("invalid_request", "`command` must not be empty"));
         }
+        if parsed.command.contains('\0') {
+            return Err(ApiError::bad_request("invalid_request", "`command` must not contain NUL bytes"));
+        }
         if parsed.command.len() > 64 * 1024 {
-            return Err(ApiError::unprocessable("invalid_request", "`command` is longer than 64 KiB"));
+            return Err(ApiError::bad_request("invalid_request", "`command` is longer than 64 KiB"));
         }
         let template = parsed.template.clone().unwrap_or_else(|| DEFAULT_TEMPLATE.into());
         match state.templates.iter().find(|t| t.name == template) {
@@ -143,18 +217,13 @@ pub async fn create(
             }
             Some(_) => {}
         }
-        if let Some(sbx) = &parsed.sandbox_id
-            && let Some((_, reason)) = state.store.sandbox_tombstone(sbx.clone()).await.map_err(ApiError::store)?
-        {
-            return Err(ApiError::conflict(
-                "sandbox_destroyed",
-                format!("sandbox {sbx} was destroyed ({reason}); create the run without `sandboxId` to get a new one"),
-            ));
+        if let Some(sbx) = &parsed.sandbox_id {
+            reusable_sandbox(&state, sbx, &project).await?;
         }
         if let Some(t) = parsed.timeout_ms
             && (t == 0 || t > state.limits.max_timeout_ms)
         {
-            return Err(ApiError::unprocessable(
+            return Err(ApiError::bad_request(
                 "invalid_request",
                 format!("`timeoutMs` must be 1 to {}", state.limits.max_timeout_ms),
             ));
@@ -162,12 +231,16 @@ pub async fn create(
         if parsed.metadata.len() > 64
             || parsed.metadata.iter().any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 1024)
         {
-            return Err(ApiError::unprocessable(
+            return Err(ApiError::bad_request(
                 "invalid_request",
                 "`metadata`: at most 64 entries, keys 1-128 bytes, values up to 1024 bytes",
             ));
         }
+        validate_env(&parsed.env, &parsed.secret_env)?;
         let spec = RunSpec {
+            env: parsed.env.clone(),
+            secret_env: parsed.secret_env.keys().cloned().collect(),
+            require_artifacts: parsed.require_artifacts,
             command: parsed.command.clone(),
             template,
             sandbox_id: parsed.sandbox_id.clone(),
@@ -180,7 +253,7 @@ pub async fn create(
         let respond = slot.map(|s| s.respond(StatusCode::CREATED, views::run));
         let run = state
             .store
-            .create_run(new_id("wsr"), org.clone(), project.clone(), spec, respond)
+            .create_run(new_id("wsr"), org.clone(), project.clone(), spec, parsed.secret_env.clone(), respond)
             .await
             .map_err(ApiError::store)?;
         tracing::info!(run_id = %run.id, project_id = %run.project_id, "run created");
@@ -188,6 +261,34 @@ pub async fn create(
         Ok((StatusCode::CREATED, views::run(&run)))
     })
     .await
+}
+
+/// A run may name a sandbox a run of its project kept, and no other: a
+/// destroyed one is 409 `sandbox_destroyed`, one its run does not keep is
+/// 409 `sandbox_not_kept`, one that does not exist (or is another
+/// project's) is 404, all at create rather than when the run starts.
+async fn reusable_sandbox(state: &AppState, sbx: &str, project: &str) -> ApiResult<()> {
+    if let Some((_, reason)) = state.store.sandbox_tombstone(sbx.to_string()).await.map_err(ApiError::store)? {
+        return Err(ApiError::conflict(
+            "sandbox_destroyed",
+            format!("sandbox {sbx} was destroyed ({reason}); create the run without `sandboxId` to get a new one"),
+        ));
+    }
+    let owner = state.store.sandbox_owner(sbx.to_string()).await.map_err(ApiError::store)?;
+    let Some((_, owner_project, owner_run)) = owner.filter(|(_, p, _)| p == project) else {
+        return Err(ApiError::not_found(format!("sandbox {sbx}")));
+    };
+    let run = state.store.get_run(owner_run.clone()).await.map_err(ApiError::store)?;
+    if !run.spec.keep_sandbox {
+        return Err(ApiError::conflict(
+            "sandbox_not_kept",
+            format!(
+                "sandbox {sbx} belongs to run {owner_run} (project {owner_project}), which does not keep it: \
+                 it is destroyed when that run ends. Runs that want to reuse a sandbox create it with `keepSandbox`"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {

@@ -140,6 +140,8 @@ impl Store {
                 metering: f.metering.clone(),
             });
             tx.execute("INSERT INTO evidence (run_id, bytes, sha256) VALUES (?1, ?2, ?3)", params![run_id, bytes, sha])?;
+            // Secrets live no longer than the run that needs them.
+            tx.execute("DELETE FROM run_secrets WHERE run_id = ?1", params![run_id])?;
             tx.commit()?;
             Ok(Some((terminal, bytes)))
         })

@@ -138,7 +138,14 @@ mod tests {
         let begin = |key: &str| store.idempotency_begin("prj".into(), "create".into(), key.into(), "h".into());
         assert_eq!(begin("k1").await.unwrap(), IdempotencyBegin::Proceed);
         let run = store
-            .create_run("wsr_a".into(), "org".into(), "prj".into(), RunSpec::default(), Some(record("k1", b"run ")))
+            .create_run(
+                "wsr_a".into(),
+                "org".into(),
+                "prj".into(),
+                RunSpec::default(),
+                Default::default(),
+                Some(record("k1", b"run ")),
+            )
             .await
             .unwrap();
         assert_eq!(run.id, "wsr_a");
@@ -151,7 +158,14 @@ mod tests {
         // not written either, so its key stays in flight until settled.
         assert_eq!(begin("k2").await.unwrap(), IdempotencyBegin::Proceed);
         let dup = store
-            .create_run("wsr_a".into(), "org".into(), "prj".into(), RunSpec::default(), Some(record("k2", b"x")))
+            .create_run(
+                "wsr_a".into(),
+                "org".into(),
+                "prj".into(),
+                RunSpec::default(),
+                Default::default(),
+                Some(record("k2", b"x")),
+            )
             .await;
         assert!(dup.is_err());
         assert_eq!(begin("k2").await.unwrap(), IdempotencyBegin::InFlight);

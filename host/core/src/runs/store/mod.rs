@@ -87,6 +87,7 @@ CREATE TABLE IF NOT EXISTS audit_events (
     target TEXT, project_id TEXT, request_id TEXT, outcome TEXT NOT NULL, detail TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_by_time ON audit_events (at);
+CREATE TABLE IF NOT EXISTS run_secrets (run_id TEXT PRIMARY KEY, env TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sandbox_tombstones (
     id TEXT PRIMARY KEY, destroyed_at INTEGER NOT NULL, reason TEXT NOT NULL
 );

@@ -1,5 +1,7 @@
 //! Runs and their artifacts. Every status change is a compare-and-set.
 
+use std::collections::BTreeMap;
+
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::{RecordResponse, Result, Store, StoreError};
@@ -116,12 +118,15 @@ fn queue_in(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<Option<Event>> {
 impl Store {
     /// Insert a new run in `awaiting_archive`.
     /// With `respond`, the idempotency record commits with the run.
+    /// Create a run; `secrets` are the values of its secret environment
+    /// variables (`spec.secret_env` names them), kept apart from the spec.
     pub async fn create_run(
         &self,
         id: String,
         org_id: String,
         project_id: String,
         spec: RunSpec,
+        secrets: BTreeMap<String, String>,
         respond: Option<RecordResponse>,
     ) -> Result<Run> {
         self.with(move |conn| {
@@ -131,12 +136,28 @@ impl Store {
                 "INSERT INTO runs (id, org_id, project_id, status, spec, created_at) VALUES (?1, ?2, ?3, 'awaiting_archive', ?4, ?5)",
                 params![id, org_id, project_id, spec_json, now_ms() as i64],
             )?;
+            if !secrets.is_empty() {
+                let env = serde_json::to_string(&secrets).map_err(db)?;
+                tx.execute("INSERT INTO run_secrets (run_id, env) VALUES (?1, ?2)", params![id, env])?;
+            }
             let run = load_run(&tx, &id)?;
             if let Some(r) = respond {
                 r.write(&tx, &run)?;
             }
             tx.commit()?;
             Ok(run)
+        })
+        .await
+    }
+
+    /// The values of a run's secret environment variables (empty once the
+    /// run has ended: they are deleted with its terminal transition).
+    pub async fn run_secrets(&self, run_id: String) -> Result<BTreeMap<String, String>> {
+        self.with(move |conn| {
+            let env: Option<String> = conn
+                .query_row("SELECT env FROM run_secrets WHERE run_id = ?1", params![run_id], |r| r.get(0))
+                .optional()?;
+            env.map(|e| serde_json::from_str(&e).map_err(db)).transpose().map(Option::unwrap_or_default)
         })
         .await
     }
@@ -289,6 +310,18 @@ impl Store {
         self.with(|conn| {
             let mut stmt = conn.prepare("SELECT id FROM runs WHERE status IN ('queued', 'running')")?;
             let ids: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            ids.iter().map(|id| load_run(conn, id)).collect()
+        })
+        .await
+    }
+
+    /// Runs still waiting for an archive that were created more than
+    /// `max_age_ms` ago.
+    pub async fn stale_awaiting_runs(&self, max_age_ms: u64) -> Result<Vec<Run>> {
+        self.with(move |conn| {
+            let cutoff = now_ms().saturating_sub(max_age_ms) as i64;
+            let mut stmt = conn.prepare("SELECT id FROM runs WHERE status = 'awaiting_archive' AND created_at < ?1")?;
+            let ids: Vec<String> = stmt.query_map(params![cutoff], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
             ids.iter().map(|id| load_run(conn, id)).collect()
         })
         .await

@@ -98,7 +98,12 @@ impl Store {
     pub async fn abandoned_transfers(&self, max_age_ms: u64) -> Result<Vec<Transfer>> {
         self.with(move |conn| {
             let cutoff = now_ms().saturating_sub(max_age_ms) as i64;
-            let mut st = conn.prepare("SELECT id FROM transfers WHERE status = 'open' AND created_at < ?1")?;
+            // Also every open transfer of a run that ended (expired waiting
+            // for its archive, canceled): nobody will complete it.
+            let mut st = conn.prepare(
+                "SELECT id FROM transfers WHERE status = 'open' AND (created_at < ?1 OR run_id IN \
+                 (SELECT id FROM runs WHERE status IN ('succeeded', 'failed', 'canceled')))",
+            )?;
             let ids: Vec<String> = st.query_map(params![cutoff], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
             ids.iter().map(|id| load(conn, id)).collect()
         })
