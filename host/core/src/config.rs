@@ -7,7 +7,9 @@
 //! `CROWNEST_ENGINE__CALL_TIMEOUT_MS=5000` or
 //! `CROWNEST_PLUGINS__ARTIFACT_STORE__CONFIG__ROOT=/srv/artifacts`. Values are
 //! read as TOML when they parse (`5000`, `true`, `["a", "b"]`) and as strings
-//! otherwise.
+//! otherwise. Only variables whose first level is a top-level key of the
+//! file ([`TOP_LEVEL_KEYS`]) are overrides: `CROWNEST_S3_SECRET` is an
+//! ordinary variable (for `${env:…}` in a plugin's table), never a key.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,9 +19,9 @@ use serde::Deserialize;
 
 use crate::plugin_kind::PluginKind;
 
-/// Environment variables with the `CROWNEST_` prefix that are not config keys.
-const NON_CONFIG_ENV: &[&str] =
-    &["CROWNEST_CONFIG", "CROWNEST_API_KEY", "CROWNEST_API_URL", "CROWNEST_ADMIN_TOKEN", "CROWNEST_LOG"];
+/// The top-level keys of the file: `CROWNEST_<KEY>…` overrides one of
+/// these, any other `CROWNEST_*` variable is left alone.
+pub const TOP_LEVEL_KEYS: &[&str] = &["data_dir", "listen", "engine", "plugins", "sandbox", "runs"];
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -303,6 +305,37 @@ impl Config {
         if self.engine.call_timeout_ms == 0 {
             bail!("engine.call_timeout_ms must be at least 1");
         }
+        if let Some(listen) = &self.listen {
+            let port = listen.rsplit_once(':').and_then(|(host, p)| (!host.is_empty()).then_some(p));
+            if port.and_then(|p| p.parse::<u16>().ok()).is_none() {
+                bail!("listen = {listen:?} must be host:port, e.g. \"127.0.0.1:7878\" or \"[::1]:7878\"");
+            }
+        }
+        let r = &self.runs;
+        let ranges: [(&str, u64, u64, u64); 11] = [
+            ("engine.max_instances", u64::from(self.engine.max_instances), 1, 1_000_000),
+            ("runs.direct_upload_max_bytes", r.direct_upload_max_bytes, 1, 1 << 30),
+            ("runs.staged_upload_max_bytes", r.staged_upload_max_bytes, 1, 1 << 40),
+            ("runs.part_size_bytes", r.part_size_bytes, 1024, r.staged_upload_max_bytes.max(1024)),
+            ("runs.max_artifact_bytes", r.max_artifact_bytes, 1, 1 << 40),
+            ("runs.max_concurrent_runs", r.max_concurrent_runs as u64, 1, 100_000),
+            ("runs.max_timeout_ms", r.max_timeout_ms, 1, 30 * 24 * 3600 * 1000),
+            ("runs.heartbeat_secs", r.heartbeat_secs, 1, 3600),
+            ("runs.output_flush_ms", r.output_flush_ms, 1, 60_000),
+            ("runs.abandoned_transfer_secs", r.abandoned_transfer_secs, 1, 365 * 24 * 3600),
+            ("runs.archive_wait_secs", r.archive_wait_secs, 1, 365 * 24 * 3600),
+        ];
+        for (key, value, min, max) in ranges {
+            if value < min || value > max {
+                bail!("{key} = {value} is out of range: it must be {min} to {max}");
+            }
+        }
+        if self.sandbox.kill_grace_ms > 3_600_000 {
+            bail!("sandbox.kill_grace_ms = {} is out of range: it must be 0 to 3600000", self.sandbox.kill_grace_ms);
+        }
+        if self.sandbox.warm_standby > 64 {
+            bail!("sandbox.warm_standby = {} is out of range: it must be 0 to 64", self.sandbox.warm_standby);
+        }
         if self.sandbox.uid_base < 1000 || self.sandbox.uid_count == 0 {
             bail!("sandbox.uid_base must be at least 1000 and sandbox.uid_count at least 1");
         }
@@ -359,11 +392,8 @@ impl Config {
 /// `CROWNEST_PLUGINS__ARTIFACT_STORE__SOURCE` → `["plugins", "artifact_store", "source"]`.
 fn env_key_path(name: &str) -> Option<Vec<String>> {
     let rest = name.strip_prefix("CROWNEST_")?;
-    if NON_CONFIG_ENV.contains(&name) || rest.is_empty() {
-        return None;
-    }
     let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
-    if parts.iter().any(String::is_empty) {
+    if parts.iter().any(String::is_empty) || !TOP_LEVEL_KEYS.contains(&parts[0].as_str()) {
         return None;
     }
     Some(parts)
@@ -457,6 +487,31 @@ mod tests {
     fn zero_timeouts_are_rejected() {
         let err = Config::from_parts(Some("[plugins.meter]\ncall_timeout_ms = 0\n"), &[]).unwrap_err();
         assert!(format!("{err:#}").contains("plugins.meter.call_timeout_ms"), "{err:#}");
+    }
+
+    #[test]
+    fn only_variables_naming_a_top_level_key_are_overrides() {
+        // The README's S3 example keeps its secret in CROWNEST_S3_SECRET.
+        let env = vars(&[("CROWNEST_S3_SECRET", "xyz"), ("CROWNEST_API_KEY", "k"), ("CROWNEST_LISTEN", "127.0.0.1:9")]);
+        let c = Config::from_parts(None, &env).unwrap();
+        assert_eq!(c.listen.as_deref(), Some("127.0.0.1:9"));
+        assert_eq!(env_key_path("CROWNEST_DATA_DIR"), Some(vec!["data_dir".to_string()]));
+        assert_eq!(env_key_path("CROWNEST_S3_SECRET"), None);
+        assert_eq!(env_key_path("CROWNEST_RUNS____X"), None);
+    }
+
+    #[test]
+    fn settings_out_of_range_are_refused_naming_the_key_and_range() {
+        for (text, key) in [
+            ("[runs]\npart_size_bytes = 0\n", "runs.part_size_bytes = 0"),
+            ("[sandbox]\nuid_base = 4294967000\n", "sandbox.uid_base"),
+            ("listen = \"localhost\"\n", "host:port"),
+            ("[runs]\nheartbeat_secs = 0\n", "runs.heartbeat_secs"),
+        ] {
+            let err = format!("{:#}", Config::from_parts(Some(text), &[]).unwrap_err());
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        assert!(Config::from_parts(Some("listen = \"[::1]:7878\"\n"), &[]).is_ok());
     }
 
     #[test]

@@ -171,10 +171,11 @@ impl Caller {
     /// (project, org). Another org's project is a 404.
     pub async fn project(&self, state: &AppState, requested: Option<&str>) -> ApiResult<(String, String)> {
         let Some(p) = requested else { return self.default_project(state).await };
-        let org = state.store.project_org(p.to_string()).await.map_err(ApiError::store)?;
-        match org {
-            Some(org) if self.org().is_none_or(|o| o == org) => Ok((p.to_string(), org)),
-            _ => Err(ApiError::not_found(format!("project {p}"))),
+        // An id or, as `keys create --project` takes, a name.
+        let found = state.store.find_project_in(self.org().map(String::from), p.to_string()).await;
+        match found.map_err(ApiError::store)? {
+            Some(project) => Ok((project.id, project.org_id)),
+            None => Err(ApiError::not_found(format!("project {p}"))),
         }
     }
 
@@ -215,15 +216,26 @@ impl FromRequestParts<AppState> for Caller {
                     .and_then(|t| t.strip_prefix("cn_live_"))
                     .and_then(|rest| rest.split_once('_'))
                     .map(|(id, _)| format!("claimed key_{}", id.chars().take(32).collect::<String>()));
-                let e = AuditEvent {
-                    actor: "anonymous".into(),
-                    action: format!("{} {}", parts.method, parts.uri.path()),
-                    request_id: Some(request_id),
-                    outcome: "denied".into(),
-                    detail: Some(format!("unauthorized{}", claimed.map(|c| format!(" ({c})")).unwrap_or_default())),
-                    ..AuditEvent::default()
-                };
-                let _ = state.store.audit(e).await;
+                let action = format!("{} {}", parts.method, parts.uri.path());
+                let detail = format!("unauthorized{}", claimed.map(|c| format!(" ({c})")).unwrap_or_default());
+                // A probe or a scanner repeats itself: one row per minute
+                // for the same refusal, counting the ones in between.
+                if let Some(repeats) = crate::denials::admit(&action, &detail) {
+                    let detail = if repeats > 0 {
+                        format!("{detail}; {repeats} more like it in the minute before")
+                    } else {
+                        detail
+                    };
+                    let e = AuditEvent {
+                        actor: "anonymous".into(),
+                        action,
+                        request_id: Some(request_id),
+                        outcome: "denied".into(),
+                        detail: Some(detail),
+                        ..AuditEvent::default()
+                    };
+                    let _ = state.store.audit(e).await;
+                }
                 Err(unauthorized())
             }
         }

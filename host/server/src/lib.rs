@@ -6,6 +6,7 @@
 //! token). Mutating endpoints accept `Idempotency-Key`.
 
 mod auth;
+mod denials;
 mod error;
 mod idempotency;
 mod json;

@@ -63,6 +63,51 @@ pub fn sandbox_id_for_run(run_id: &str) -> String {
     format!("sbx_{}", run_id.trim_start_matches("wsr_"))
 }
 
+/// Unix milliseconds from RFC 3339 (`2026-11-23T12:00:00.123Z`, an offset
+/// such as `+02:00`, or a bare date `2026-11-23` as its midnight UTC).
+pub fn parse_rfc3339(s: &str) -> Option<u64> {
+    let num =
+        |t: &str| -> Option<i64> { (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())).then(|| t.parse().ok())? };
+    let (date, time) = match s.split_once(['T', 't', ' ']) {
+        Some((d, t)) => (d, Some(t)),
+        None => (s, None),
+    };
+    let mut d = date.splitn(3, '-');
+    let (y, m, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
+    if date.len() != 10 || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return None;
+    }
+    // Howard Hinnant's days-from-civil.
+    let yy = if m <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let mut ms = days * 86_400_000;
+    if let Some(t) = time {
+        let (clock, offset_min) = if let Some(c) = t.strip_suffix(['Z', 'z']) {
+            (c, 0)
+        } else {
+            let at = t.rfind(['+', '-'])?;
+            let (c, off) = t.split_at(at);
+            let sign = if off.starts_with('-') { -1 } else { 1 };
+            let (oh, om) = off[1..].split_once(':')?;
+            (c, sign * (num(oh)? * 60 + num(om)?))
+        };
+        let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
+        let mut p = hms.splitn(3, ':');
+        let (h, mi, sec) = (num(p.next()?)?, num(p.next()?)?, num(p.next()?)?);
+        if h > 23 || mi > 59 || sec > 60 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let frac_ms = format!("{frac:0<3}")[..3].parse::<i64>().ok()?;
+        ms += ((h * 60 + mi) * 60 + sec) * 1000 + frac_ms - offset_min * 60_000;
+    }
+    u64::try_from(ms).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +128,18 @@ mod tests {
         assert_ne!(a, b);
         // A tail left unfilled would stay zero.
         assert!(a[4000..].iter().any(|&x| x != 0));
+    }
+
+    #[test]
+    fn rfc3339_parses_back() {
+        for ms in [0, 1_795_435_200_123, 951_782_400_000 /* 2000-02-29 */] {
+            assert_eq!(parse_rfc3339(&rfc3339(ms)), Some(ms));
+        }
+        assert_eq!(parse_rfc3339("2026-11-23"), Some(1_795_392_000_000));
+        assert_eq!(parse_rfc3339("2026-11-23T14:00:00+02:00"), Some(1_795_435_200_000));
+        for bad in ["2026-13-01", "yesterday", "2026-11-23T25:00:00Z", "2026-1-1", "2026-11-23T12:00:00"] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -120,8 +120,15 @@ pub async fn create_key(
                 None => (None, caller.default_project(&state).await?.1),
             };
             let expires = match b.expires_in_secs {
-                Some(0) => return Err(ApiError::bad_request("invalid_request", "`expiresInSecs` must be positive")),
-                Some(s) => Some(now_ms().saturating_add(s.saturating_mul(1000))),
+                Some(s) if s == 0 || s > MAX_KEY_LIFETIME_SECS => {
+                    return Err(ApiError::bad_request(
+                        "invalid_request",
+                        format!(
+                            "`expiresInSecs` must be 1 to {MAX_KEY_LIFETIME_SECS} (10 years); omit it for a key that does not expire"
+                        ),
+                    ));
+                }
+                Some(s) => Some(now_ms().saturating_add(s * 1000)),
                 None => None,
             };
             let mut scopes = b.scopes.clone();
@@ -171,6 +178,64 @@ pub async fn revoke_key(State(state): State<AppState>, caller: Caller, Path(id):
         }
         .await,
     )
+}
+
+/// The longest a key may be created to live.
+const MAX_KEY_LIFETIME_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// The actions audit rows carry (besides `METHOD /path` for refused
+/// anonymous requests).
+const AUDIT_ACTIONS: &[&str] = &[
+    "workspace_runs:create",
+    "workspace_runs:read",
+    "workspace_runs:start",
+    "workspace_runs:cancel",
+    "artifacts:read",
+    "sandboxes:create",
+    "sandboxes:read",
+    "sandboxes:exec",
+    "sandboxes:kill",
+    "sandboxes:destroy",
+    "usage:read",
+    "audit:read",
+    "projects:create",
+    "projects:read",
+    "keys:create",
+    "keys:read",
+    "keys:revoke",
+];
+
+/// An `action` filter: one the server records, or a refused anonymous
+/// request's `METHOD /path`.
+fn audit_action(q: &HashMap<String, String>) -> ApiResult<Option<String>> {
+    let Some(a) = q.get("action") else { return Ok(None) };
+    let anonymous =
+        a.split_once(' ').is_some_and(|(m, p)| m.bytes().all(|b| b.is_ascii_uppercase()) && p.starts_with('/'));
+    if anonymous || AUDIT_ACTIONS.contains(&a.as_str()) {
+        return Ok(Some(a.clone()));
+    }
+    Err(ApiError::bad_request(
+        "invalid_request",
+        format!(
+            "`action` `{a}` is not an action the server records; one of: {} (or `METHOD /path`)",
+            AUDIT_ACTIONS.join(", ")
+        ),
+    ))
+}
+
+/// `since`/`until`: RFC 3339 (`2026-12-04T10:00:00Z`, or a date) or Unix
+/// milliseconds.
+fn time_arg(q: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>> {
+    let Some(v) = q.get(name) else { return Ok(None) };
+    if let Ok(ms) = v.parse::<u64>() {
+        return Ok(Some(ms));
+    }
+    crownest_core::runs::ids::parse_rfc3339(v).map(Some).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("`{name}` must be an RFC 3339 time (2026-12-04T10:00:00Z, or 2026-12-04) or Unix milliseconds, got `{v}`"),
+        )
+    })
 }
 
 /// `YYYY-MM` (a `YYYY-MM-DD` date is taken as its month).
@@ -224,7 +289,7 @@ pub async fn usage(
 }
 
 /// `GET /v1/audit-events?projectId=&action=&actor=&outcome=&target=&since=&until=&limit=&cursor=`
-/// (newest first; `since`/`until` in Unix milliseconds).
+/// (newest first; `since`/`until` as RFC 3339 or Unix milliseconds).
 pub async fn audit_events(
     State(state): State<AppState>,
     caller: Caller,
@@ -248,12 +313,12 @@ pub async fn audit_events(
                     None
                 },
                 org_id: caller.org().map(String::from),
-                action: q.get("action").cloned(),
+                action: audit_action(&q)?,
                 actor: q.get("actor").cloned(),
                 outcome: q.get("outcome").cloned(),
                 target: q.get("target").cloned(),
-                since_ms: number(&q, "since")?,
-                until_ms: number(&q, "until")?,
+                since_ms: time_arg(&q, "since")?,
+                until_ms: time_arg(&q, "until")?,
                 before,
                 limit: number(&q, "limit")?.unwrap_or(100).clamp(1, 1000) as u32,
             };

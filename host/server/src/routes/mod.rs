@@ -4,6 +4,7 @@ mod archive;
 mod artifacts;
 mod control;
 mod events;
+mod probes;
 mod runs;
 mod sandboxes;
 
@@ -47,6 +48,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/usage", get(control::usage))
         .route("/v1/audit-events", get(control::audit_events))
         .route("/v1/health", get(health))
+        .route("/healthz", get(probes::healthz))
+        .route("/readyz", get(probes::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(request_id))

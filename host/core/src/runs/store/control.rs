@@ -118,11 +118,18 @@ impl Store {
 
     /// The project with this id or name (ids win).
     pub async fn find_project(&self, id_or_name: String) -> Result<Option<Project>> {
+        self.find_project_in(None, id_or_name).await
+    }
+
+    /// A project by id or name, within `org` when given (names are unique
+    /// per organization, not across them).
+    pub async fn find_project_in(&self, org: Option<String>, id_or_name: String) -> Result<Option<Project>> {
         self.with(move |conn| {
             Ok(conn
                 .query_row(
-                    "SELECT id, org_id, name, created_at FROM projects WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1",
-                    params![id_or_name],
+                    "SELECT id, org_id, name, created_at FROM projects WHERE (id = ?1 OR name = ?1) \
+                     AND (?2 IS NULL OR org_id = ?2) ORDER BY id = ?1 DESC LIMIT 1",
+                    params![id_or_name, org],
                     |r| {
                         Ok(Project {
                             id: r.get(0)?,

@@ -11,6 +11,7 @@ mod control;
 mod events;
 mod idempotency;
 mod runs;
+mod schema;
 mod transfers;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ pub use control::{ApiKeyInfo, AuditEvent, AuditFilter, Project};
 pub use events::Finish;
 pub use idempotency::{IdempotencyBegin, RecordResponse, StoredResponse};
 pub use runs::{ArtifactRecord, ListFilter, Transition};
+pub use schema::LATEST as SCHEMA_VERSION;
 pub use transfers::Transfer;
 
 /// Store failures callers branch on.
@@ -46,71 +48,6 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
-
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS orgs (id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS projects (
-    id TEXT PRIMARY KEY, org_id TEXT NOT NULL, name TEXT NOT NULL, created_at INTEGER NOT NULL,
-    UNIQUE (org_id, name)
-);
-CREATE TABLE IF NOT EXISTS api_keys (
-    id TEXT PRIMARY KEY, org_id TEXT NOT NULL, project_id TEXT, hash TEXT NOT NULL,
-    scopes TEXT NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER, revoked_at INTEGER
-);
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY, org_id TEXT NOT NULL, project_id TEXT NOT NULL, status TEXT NOT NULL,
-    spec TEXT NOT NULL, archive TEXT, template_digest TEXT, sandbox_id TEXT,
-    exit_code INTEGER, failure_reason TEXT, failure_message TEXT, cancel_requested INTEGER NOT NULL DEFAULT 0,
-    next_seq INTEGER NOT NULL DEFAULT 1,
-    created_at INTEGER NOT NULL, queued_at INTEGER, started_at INTEGER, finished_at INTEGER
-);
-CREATE INDEX IF NOT EXISTS runs_by_project ON runs (project_id, created_at DESC, id DESC);
-CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status);
-CREATE TABLE IF NOT EXISTS events (
-    run_id TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, at INTEGER NOT NULL, data TEXT NOT NULL,
-    PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS artifacts (
-    id TEXT PRIMARY KEY, run_id TEXT NOT NULL, project_id TEXT NOT NULL, name TEXT NOT NULL, path TEXT NOT NULL,
-    size INTEGER NOT NULL, sha256 TEXT NOT NULL, store TEXT NOT NULL, locator TEXT NOT NULL, created_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS artifacts_by_run ON artifacts (run_id, created_at);
-CREATE TABLE IF NOT EXISTS evidence (run_id TEXT PRIMARY KEY, bytes BLOB NOT NULL, sha256 TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS transfers (
-    id TEXT PRIMARY KEY, run_id TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL,
-    part_size INTEGER NOT NULL, parts TEXT NOT NULL, status TEXT NOT NULL, created_at INTEGER NOT NULL,
-    mode TEXT NOT NULL DEFAULT 'server'
-);
-CREATE TABLE IF NOT EXISTS audit_events (
-    id TEXT NOT NULL UNIQUE, at INTEGER NOT NULL, org_id TEXT, actor TEXT NOT NULL, action TEXT NOT NULL,
-    target TEXT, project_id TEXT, request_id TEXT, outcome TEXT NOT NULL, detail TEXT
-);
-CREATE INDEX IF NOT EXISTS audit_by_time ON audit_events (at);
-CREATE TABLE IF NOT EXISTS run_secrets (run_id TEXT PRIMARY KEY, env TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS sandbox_tombstones (
-    id TEXT PRIMARY KEY, destroyed_at INTEGER NOT NULL, reason TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS idempotency (
-    project_id TEXT NOT NULL, endpoint TEXT NOT NULL, key TEXT NOT NULL, request_hash TEXT NOT NULL,
-    state TEXT NOT NULL, status_code INTEGER, body BLOB, created_at INTEGER NOT NULL,
-    PRIMARY KEY (project_id, endpoint, key)
-);
-"#;
-
-/// Bring a data directory written by an older build up to the schema.
-fn migrate(conn: &Connection) -> anyhow::Result<()> {
-    let has_mode: bool = conn.prepare("SELECT 1 FROM pragma_table_info('transfers') WHERE name = 'mode'")?.exists([])?;
-    if !has_mode {
-        conn.execute_batch("ALTER TABLE transfers ADD COLUMN mode TEXT NOT NULL DEFAULT 'server'")?;
-    }
-    // Keys bootstrapped before scopes were enforced held `["*"]`.
-    conn.execute(
-        "UPDATE api_keys SET scopes = ?1 WHERE scopes = '[\"*\"]'",
-        [serde_json::to_string(auth::FULL_SCOPES).unwrap()],
-    )?;
-    Ok(())
-}
 
 /// The store. Cheap to clone.
 #[derive(Clone)]
@@ -142,8 +79,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.execute_batch(SCHEMA)?;
-        migrate(&conn)?;
+        schema::migrate(&mut conn, &dir.join("crownest.db"))?;
         {
             use std::os::unix::fs::PermissionsExt;
             for f in ["crownest.db", "crownest.db-wal", "crownest.db-shm"] {
@@ -161,6 +97,19 @@ impl Store {
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether the database takes a write now (a readiness probe): one
+    /// small row replaced.
+    pub async fn check_writable(&self) -> Result<()> {
+        self.with(|conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO probes (name, at) VALUES ('ready', ?1)",
+                rusqlite::params![crate::runs::ids::now_ms() as i64],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// Run `f` with the connection, off the async scheduler
