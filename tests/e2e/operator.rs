@@ -133,3 +133,94 @@ async fn a_database_from_a_newer_release_is_refused_at_start() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("schema version 999") && err.contains("newer"), "{err}");
 }
+
+/// `crownest doctor` on a fresh data directory with `env`: (success, output).
+fn doctor(env: &[(&str, &str)]) -> (bool, String) {
+    let dir = tempfile::Builder::new().prefix("crownest-doctor-").tempdir_in("/tmp").unwrap();
+    let cache = crownest_test_support::target_dir().join("e2e-compile-cache");
+    let mut cmd = std::process::Command::new(exe());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CROWNEST_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("doctor")
+        .env("CROWNEST_SANDBOX__ROOT", dir.path().join("sbx"))
+        .env("CROWNEST_ENGINE__CACHE_DIR", &cache)
+        .envs(env.iter().copied());
+    let out = cmd.output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn plugin_config_typos_are_named_with_the_key() {
+    for (var, value, plugin, key, hint) in [
+        (
+            "CROWNEST_PLUGINS__METER__CONFIG__MAX_CONCURENT_SANDBOXES",
+            "3",
+            "compute-meter",
+            "max_concurent_sandboxes",
+            "max_concurrent_sandboxes",
+        ),
+        (
+            "CROWNEST_PLUGINS__RUNTIME_PROVIDER__CONFIG__MAX_MEMORY_MB",
+            "512",
+            "linux-sandbox",
+            "max_memory_mb",
+            "max_memory_mib",
+        ),
+        ("CROWNEST_PLUGINS__AUTH_SCOPER__CONFIG__ALLOWED", "x", "scoped-keys", "allowed", ""),
+        ("CROWNEST_PLUGINS__ARTIFACT_STORE__CONFIG__ROOT", "/srv", "fs-artifacts", "root", ""),
+    ] {
+        let (ok, out) = doctor(&[(var, value)]);
+        assert!(!ok, "{var}: {out}");
+        assert!(out.contains(&format!("{plugin}: unknown config key `{key}`")), "{var}: {out}");
+        assert!(out.contains(hint), "{var}: {out}");
+    }
+    // The S3 store's own table, as a file would set it.
+    let s3 = [
+        ("CROWNEST_PLUGINS__ARTIFACT_STORE__SOURCE", "builtin:s3-artifacts"),
+        ("CROWNEST_PLUGINS__ARTIFACT_STORE__CONFIG__ENDPOINT", "http://127.0.0.1:9"),
+        ("CROWNEST_PLUGINS__ARTIFACT_STORE__CONFIG__BUCKET", "b"),
+        ("CROWNEST_PLUGINS__ARTIFACT_STORE__CONFIG__ACCESS_KEY_ID", "k"),
+        ("CROWNEST_PLUGINS__ARTIFACT_STORE__CONFIG__SECRET_ACCESS_KEY", "s"),
+    ];
+    let mut typo = s3.to_vec();
+    typo.push(("CROWNEST_PLUGINS__ARTIFACT_STORE__CONFIG__PREFX", "prod/"));
+    let (ok, out) = doctor(&typo);
+    assert!(!ok && out.contains("unknown config key `prefx` (did you mean `prefix`?)"), "{out}");
+    let mut yes = s3.to_vec();
+    yes.push(("CROWNEST_PLUGINS__ARTIFACT_STORE__CONFIG__PATH_STYLE", "yes"));
+    let (ok, out) = doctor(&yes);
+    assert!(!ok && out.contains("`path_style` must be true or false, got `yes`"), "{out}");
+}
+
+#[test]
+fn s3_endpoint_problems_name_the_endpoint_not_a_grant() {
+    let base = [
+        ("CROWNEST_PLUGINS__ARTIFACT_STORE__SOURCE", "builtin:s3-artifacts"),
+        ("CROWNEST_PLUGINS__ARTIFACT_STORE__CONFIG__BUCKET", "b"),
+        ("CROWNEST_PLUGINS__ARTIFACT_STORE__CONFIG__ACCESS_KEY_ID", "k"),
+        ("CROWNEST_PLUGINS__ARTIFACT_STORE__CONFIG__SECRET_ACCESS_KEY", "s"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut env = base.to_vec();
+        env.extend_from_slice(extra);
+        doctor(&env)
+    };
+    let (ok, out) = with(&[]);
+    assert!(!ok && out.contains("s3-artifacts has no `endpoint`"), "{out}");
+    let (ok, out) = with(&[("CROWNEST_PLUGINS__ARTIFACT_STORE__CONFIG__ENDPOINT", "127.0.0.1:7947")]);
+    assert!(!ok && out.contains("not an http:// or https:// URL"), "{out}");
+    let (ok, out) = with(&[("CROWNEST_PLUGINS__ARTIFACT_STORE__CONFIG__ENDPOINT", "${env:S3_ENDPOINT_UNSET_HERE}")]);
+    assert!(!ok && out.contains("S3_ENDPOINT_UNSET_HERE is not set"), "{out}");
+    // Set, the endpoint is granted: the failure is reaching it, not a grant.
+    let (ok, out) = with(&[
+        ("CROWNEST_PLUGINS__ARTIFACT_STORE__CONFIG__ENDPOINT", "${env:S3_ENDPOINT_FOR_TEST}"),
+        ("S3_ENDPOINT_FOR_TEST", "http://127.0.0.1:9"),
+    ]);
+    assert!(!ok, "{out}");
+    assert!(!out.contains("grants.http") && !out.contains("not granted"), "{out}");
+}

@@ -178,6 +178,9 @@ impl PluginHost {
         let (component, cache) = cache::load_component(&self.engine, &bytes, &sha256, self.cache_dir.as_deref())
             .map_err(|e| load_err(format!("plugin `{name}` is not a valid component: {e:#}")))?;
         let wit_version = imports::check_world(&component, &self.engine.engine, kind, &name)?;
+        if let Some(problem) = source::default_grant_problem(&source, table) {
+            return Err(load_err(problem));
+        }
         let imports = imports::check_imports(&component, &self.engine.engine, kind, &grants, &name)?;
         let pre = self
             .linker

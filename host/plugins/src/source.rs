@@ -119,12 +119,41 @@ fn default_grants(name: &str, table: &PluginConfig) -> Grants {
     match name {
         "fs-artifacts" => Grants { filesystem: Some("${data_dir}/artifacts".into()), ..Grants::default() },
         "linux-sandbox" => Grants { sandbox: true, ..Grants::default() },
-        // Outgoing HTTP to the configured endpoint and nowhere else.
-        "s3-artifacts" => Grants {
-            http: table.config.get("endpoint").and_then(|v| v.as_str()).and_then(authority_of).into_iter().collect(),
-            ..Grants::default()
-        },
+        // Outgoing HTTP to the configured endpoint and nowhere else (its
+        // `${env:…}` resolved first, as the plugin will see it).
+        "s3-artifacts" => Grants { http: s3_endpoint(table).ok().into_iter().collect(), ..Grants::default() },
         _ => Grants::default(),
+    }
+}
+
+/// The authority of `s3-artifacts`' endpoint, or why there is none.
+fn s3_endpoint(table: &PluginConfig) -> Result<String, String> {
+    let raw = match table.config.get("endpoint") {
+        None => return Err("has no `endpoint`".into()),
+        Some(toml::Value::String(s)) => s.clone(),
+        Some(other) => return Err(format!("has `endpoint = {other}`, which is not a URL string")),
+    };
+    let url = match raw.strip_prefix("${env:").and_then(|r| r.strip_suffix('}')) {
+        Some(var) => std::env::var(var).map_err(|_| format!("has `endpoint = \"{raw}\"`, but {var} is not set"))?,
+        None => raw,
+    };
+    authority_of(&url).ok_or_else(|| format!("has `endpoint = \"{url}\"`, which is not an http:// or https:// URL"))
+}
+
+/// Why a builtin cannot get its default grants from its table (then the
+/// host says that, rather than "not granted" for a grant it would have
+/// made): `None` when nothing is wrong or the table grants explicitly.
+pub fn default_grant_problem(source: &PluginSource, table: &PluginConfig) -> Option<String> {
+    match source {
+        PluginSource::Builtin(name) if name == "s3-artifacts" && table.grants.is_none() => {
+            s3_endpoint(table).err().map(|why| {
+                format!(
+                    "s3-artifacts {why}: set `endpoint` in its config table to the S3 service's URL \
+                     (e.g. \"http://127.0.0.1:3900\"); it is granted outgoing HTTP to that host only"
+                )
+            })
+        }
+        _ => None,
     }
 }
 

@@ -57,6 +57,8 @@ fn read_counter(key: &str) -> Result<u64, Error> {
 
 impl Guest for ComputeMeter {
     fn check() -> Result<(), Error> {
+        config_keys::check(&crate::crownest::host::config::get_json(), "compute-meter", settings::KEYS)
+            .map_err(Error::Invalid)?;
         Settings::load().map(|_| ())
     }
 

@@ -3,6 +3,15 @@
 use crate::crownest::host::config;
 use crate::crownest::host::types::Error;
 
+/// Every key of the meter's config table.
+pub const KEYS: &[&str] = &[
+    "pricing_version",
+    "price_micro_usd_per_unit_hour",
+    "max_concurrent_sandboxes",
+    "max_lifetime_secs",
+    "cap_compute_unit_seconds",
+];
+
 pub struct Settings {
     pub pricing_version: String,
     pub price_micro_usd_per_unit_hour: u64,

@@ -153,6 +153,8 @@ fn write_verified(root: &Descriptor, tmp: &str, req: &PutRequest, body: InputStr
 
 impl Guest for FsArtifacts {
     fn check() -> Result<(), Error> {
+        // Where objects go is the host's filesystem grant, not a setting.
+        config_keys::check(&crate::crownest::host::config::get_json(), "fs-artifacts", &[]).map_err(Error::Invalid)?;
         root_dir()?;
         std::fs::create_dir_all(format!("{ROOT}/tmp")).map_err(|e| io_error("create tmp directory", e))?;
         let probe = format!("{ROOT}/tmp/check-{}", random_name());

@@ -138,6 +138,8 @@ impl Guest for LinuxSandbox {
     type Sandbox = SandboxState;
 
     fn check() -> Result<(), Error> {
+        config_keys::check(&crate::crownest::host::config::get_json(), "linux-sandbox", policy::CONFIG_KEYS)
+            .map_err(Error::Invalid)?;
         let report = mech::describe_host();
         if report.bwrap_version == "none" {
             return Err(Error::Unavailable("bubblewrap is not installed: install the `bubblewrap` package".into()));

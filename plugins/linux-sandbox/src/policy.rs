@@ -10,6 +10,20 @@ use crate::templates::Template;
 const MIB: u64 = 1 << 20;
 pub const WORKSPACE: &str = "/workspace";
 
+/// Every key of the provider's config table.
+pub const CONFIG_KEYS: &[&str] = &[
+    "templates",
+    "max_memory_mib",
+    "max_pids",
+    "max_cpu_millicores",
+    "max_disk_mib",
+    "max_open_files",
+    "max_timeout_ms",
+    "archive_max_entries",
+    "archive_max_depth",
+    "archive_max_compression_ratio",
+];
+
 /// Upper bounds a request may raise limits to (config `max_*`).
 struct Caps {
     memory_mib: u64,

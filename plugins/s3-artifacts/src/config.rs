@@ -10,6 +10,34 @@ use std::time::Duration;
 use crate::crownest::host::config;
 use crate::crownest::host::types::Error;
 
+/// Every key of the store's config table.
+pub const KEYS: &[&str] = &[
+    "endpoint",
+    "region",
+    "bucket",
+    "prefix",
+    "path_style",
+    "access_key_id",
+    "secret_access_key",
+    "session_token",
+    "request_timeout_ms",
+    "part_size_bytes",
+    "max_attempts",
+    "presign_downloads",
+    "presign_uploads",
+];
+
+/// A boolean setting: `true` or `false` (TOML booleans, or those words),
+/// anything else refused rather than read as `false`.
+fn flag(key: &str, default: bool) -> Result<bool, Error> {
+    match text(key).as_deref() {
+        None => Ok(default),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(v) => Err(Error::Invalid(format!("s3-artifacts config `{key}` must be true or false, got `{v}`"))),
+    }
+}
+
 #[derive(Clone)]
 pub struct S3Config {
     pub endpoint: String,
@@ -72,15 +100,15 @@ impl S3Config {
             region: text("region").unwrap_or_else(|| "us-east-1".into()),
             bucket: required("bucket")?,
             prefix,
-            path_style: text("path_style").map(|v| v == "true").unwrap_or(true),
+            path_style: flag("path_style", true)?,
             access_key_id: required("access_key_id")?,
             secret_access_key: required("secret_access_key")?,
             session_token: text("session_token"),
             request_timeout: Duration::from_millis(number("request_timeout_ms", 30_000)?),
             part_size,
             max_attempts: number("max_attempts", 4)?.clamp(1, 10) as u32,
-            presign_downloads: text("presign_downloads").is_some_and(|v| v == "true"),
-            presign_uploads: text("presign_uploads").is_some_and(|v| v == "true"),
+            presign_downloads: flag("presign_downloads", false)?,
+            presign_uploads: flag("presign_uploads", false)?,
         })
     }
 }

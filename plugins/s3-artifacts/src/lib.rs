@@ -40,6 +40,8 @@ export!(S3Artifacts);
 
 impl Guest for S3Artifacts {
     fn check() -> Result<(), Error> {
+        config_keys::check(&crate::crownest::host::config::get_json(), "s3-artifacts", config::KEYS)
+            .map_err(Error::Invalid)?;
         let s = s3::Store::open()?;
         s.sweep_orphans();
         s.check_bucket()

@@ -23,7 +23,7 @@ export!(ScopedKeys);
 
 impl Guest for ScopedKeys {
     fn check() -> Result<(), Error> {
-        Ok(())
+        config_keys::check(&crate::crownest::host::config::get_json(), "scoped-keys", &[]).map_err(Error::Invalid)
     }
 
     fn authorize(request: Request) -> Result<Decision, Error> {
