@@ -224,3 +224,138 @@ fn s3_endpoint_problems_name_the_endpoint_not_a_grant() {
     assert!(!ok, "{out}");
     assert!(!out.contains("grants.http") && !out.contains("not granted"), "{out}");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_prometheus_text_on_their_own_listener() {
+    let port = free_port().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let s = server(&[("CROWNEST_METRICS__LISTEN", addr.as_str())]);
+    let api = Api::new(&s);
+    let archive = targz(&[("a.txt", b"a\n", 0o644)]);
+    let run = api.run(json!({"command": "echo hi"}), &archive).await;
+    assert_eq!(run["status"], "succeeded");
+    let run = api.run(json!({"command": "exit 3"}), &archive).await;
+    assert_eq!(run["status"], "failed");
+    let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+    // Every sample line is `name{labels} number`; every family has a type.
+    let mut samples = std::collections::HashMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        samples.insert(series.to_string(), value);
+        let name = series.split('{').next().unwrap();
+        let family = name.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count");
+        assert!(
+            text.contains(&format!("# TYPE {family} ")) || text.contains(&format!("# TYPE {name} ")),
+            "no TYPE for {name}"
+        );
+    }
+    let get = |k: &str| *samples.get(k).unwrap_or_else(|| panic!("no {k} in\n{text}"));
+    assert_eq!(get(r#"crownest_runs_finished_total{status="succeeded",reason=""}"#), 1.0);
+    assert_eq!(get(r#"crownest_runs_finished_total{status="failed",reason="exit_code"}"#), 1.0);
+    assert_eq!(get(r#"crownest_runs{status="succeeded"}"#), 1.0);
+    assert_eq!(get("crownest_queue_depth"), 0.0);
+    assert_eq!(get("crownest_run_duration_seconds_count"), 2.0);
+    assert!(get("crownest_event_append_seconds_count") >= 2.0);
+    assert!(
+        samples.keys().any(|k| k.starts_with(r#"crownest_plugin_call_seconds_count{plugin="linux-sandbox""#)),
+        "{text}"
+    );
+    assert!(samples.contains_key("crownest_sandboxes_live"));
+    // Not on the API listener.
+    assert_eq!(reqwest::get(format!("{}/metrics", s.url)).await.unwrap().status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_event_streams_and_a_second_signal_exits_at_once() {
+    let mut s = server(&[("CROWNEST_SANDBOX__KILL_GRACE_MS", "60000")]);
+    let api = Api::new(&s);
+    // An idle stream of a run that is waiting for its archive.
+    let waiting = api.create(json!({"command": "true"})).await;
+    let id = waiting["id"].as_str().unwrap().to_string();
+    let resp = api
+        .get_req(&format!("/v1/workspace-runs/{id}/events"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let body = tokio::spawn(async move { resp.text().await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let pid = s.child.as_ref().unwrap().id() as i32;
+    let started = std::time::Instant::now();
+    // SAFETY: kill(2) on the server we started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let text = tokio::time::timeout(std::time::Duration::from_secs(8), body)
+        .await
+        .expect("the stream ended")
+        .unwrap()
+        .unwrap();
+    assert!(text.contains(": the server is shutting down; resume with Last-Event-ID"), "{text}");
+    let status = loop {
+        if let Some(st) = s.child.as_mut().unwrap().try_wait().unwrap() {
+            break st;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(8), "the server did not stop");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    s.child = None;
+
+    // A command that ignores SIGTERM holds the shutdown for its grace
+    // period (a minute here); a second signal ends it at once.
+    s.spawn();
+    let api = Api::new(&s);
+    let run = api.create(json!({"command": "trap '' TERM; echo up; sleep 120"})).await;
+    let id = run["id"].as_str().unwrap().to_string();
+    api.upload(&id, &targz(&[("a", b"a", 0o644)])).await;
+    api.start(&id).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !api.output(&id, "stdout").await.contains("up") {
+        assert!(std::time::Instant::now() < deadline, "the command never started");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let pid = s.child.as_ref().unwrap().id() as i32;
+    // SAFETY: kill(2) on the server we started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(s.child.as_mut().unwrap().try_wait().unwrap().is_none(), "still waiting for the command");
+    let started = std::time::Instant::now();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = loop {
+        if let Some(st) = s.child.as_mut().unwrap().try_wait().unwrap() {
+            break st;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(3), "a second signal must exit at once");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(130));
+    s.child = None;
+    // The run was ended the documented way before the exit.
+    s.spawn();
+    let run = Api::new(&s).wait(&id).await;
+    assert_eq!(run["failureReason"], "host_restarted", "{run}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_rows_name_the_client_behind_a_trusted_proxy_only() {
+    let s = server(&[("CROWNEST_TRUSTED_PROXIES", r#"["127.0.0.1"]"#)]);
+    let admin = admin(&s);
+    let forwarded =
+        admin.http.post(format!("{}/v1/projects", s.url)).header("x-forwarded-for", "203.0.113.50, 127.0.0.1");
+    let (st, _) = admin.send(forwarded.json(&json!({"name": "via-proxy"}))).await;
+    assert_eq!(st, 201);
+    let (_, v) = admin.get("/v1/audit-events?action=projects:create").await;
+    assert_eq!(v["data"]["items"][0]["clientIp"], "203.0.113.50", "{v}");
+    // Without trusting the peer, its header is the client's word and ignored.
+    let s2 = server(&[]);
+    let admin2 = Api::new(&s2).with_key(&s2.admin_token);
+    let forged = admin2.http.post(format!("{}/v1/projects", s2.url)).header("x-forwarded-for", "203.0.113.50");
+    admin2.send(forged.json(&json!({"name": "direct"}))).await;
+    let (_, v) = admin2.get("/v1/audit-events?action=projects:create").await;
+    assert_eq!(v["data"]["items"][0]["clientIp"], "127.0.0.1", "{v}");
+}

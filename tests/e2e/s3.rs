@@ -422,3 +422,30 @@ async fn abandoned_presigned_transfers_are_swept_from_the_bucket() {
     assert!(part_gone, "the abandoned part is still in the bucket");
     assert_eq!(status, 404, "the abandoned transfer is still listed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presigned_urls_name_the_public_endpoint_when_one_is_set() {
+    let g = Garage::start();
+    // The same service under another name, as clients behind a proxy see it.
+    let public = g.endpoint.replace("127.0.0.1", "localhost");
+    assert_ne!(public, g.endpoint);
+    let mut env = s3_env(&g, "pub/");
+    env.push(("CROWNEST_PLUGINS__ARTIFACT_STORE__CONFIG__PRESIGN_DOWNLOADS".into(), "true".into()));
+    env.push(("CROWNEST_PLUGINS__ARTIFACT_STORE__CONFIG__PUBLIC_ENDPOINT".into(), public.clone()));
+    let s = server_with(&env);
+    let api = Api::new(&s);
+    let done = api
+        .run(json!({"command": "echo public > out.txt", "artifacts": ["out.txt"]}), &targz(&[("a", b"a", 0o644)]))
+        .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let aid = done["artifactIds"][0].as_str().unwrap();
+    let no_follow = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r =
+        no_follow.get(format!("{}/v1/artifacts/{aid}/content", s.url)).bearer_auth(&s.api_key).send().await.unwrap();
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.starts_with(&public), "{location}");
+    // Signed for that host: the service accepts it there.
+    let body = reqwest::get(&location).await.unwrap();
+    assert!(body.status().is_success(), "{}", body.status());
+    assert_eq!(body.text().await.unwrap(), "public\n");
+}

@@ -21,7 +21,17 @@ use crate::plugin_kind::PluginKind;
 
 /// The top-level keys of the file: `CROWNEST_<KEY>…` overrides one of
 /// these, any other `CROWNEST_*` variable is left alone.
-pub const TOP_LEVEL_KEYS: &[&str] = &["data_dir", "listen", "engine", "plugins", "sandbox", "runs"];
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "data_dir",
+    "listen",
+    "trusted_proxies",
+    "shutdown_timeout_secs",
+    "engine",
+    "plugins",
+    "sandbox",
+    "runs",
+    "metrics",
+];
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -31,6 +41,13 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// Address `crownest serve` listens on.
     pub listen: Option<String>,
+    /// Proxies (addresses or ranges) whose `X-Forwarded-For` names the
+    /// client; everyone else is the client itself.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// How long a stopping server waits for open connections.
+    #[serde(default = "default_shutdown_timeout_secs")]
+    pub shutdown_timeout_secs: u64,
     #[serde(default)]
     pub engine: EngineConfig,
     #[serde(default)]
@@ -39,6 +56,21 @@ pub struct Config {
     pub sandbox: SandboxSettings,
     #[serde(default)]
     pub runs: RunSettings,
+    #[serde(default)]
+    pub metrics: MetricsSettings,
+}
+
+/// Where `GET /metrics` is served (off unless `listen` is set).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// `host:port` of a listener of its own, without authentication: keep
+    /// it reachable by the monitoring system only.
+    pub listen: Option<String>,
+}
+
+fn default_shutdown_timeout_secs() -> u64 {
+    10
 }
 
 /// Limits and tuning of Workspace Runs.
@@ -305,14 +337,18 @@ impl Config {
         if self.engine.call_timeout_ms == 0 {
             bail!("engine.call_timeout_ms must be at least 1");
         }
-        if let Some(listen) = &self.listen {
+        for (key, listen) in [("listen", &self.listen), ("metrics.listen", &self.metrics.listen)] {
+            let Some(listen) = listen else { continue };
             let port = listen.rsplit_once(':').and_then(|(host, p)| (!host.is_empty()).then_some(p));
             if port.and_then(|p| p.parse::<u16>().ok()).is_none() {
-                bail!("listen = {listen:?} must be host:port, e.g. \"127.0.0.1:7878\" or \"[::1]:7878\"");
+                bail!("{key} = {listen:?} must be host:port, e.g. \"127.0.0.1:7878\" or \"[::1]:7878\"");
             }
         }
+        crate::ip_ranges::IpRanges::parse(&self.trusted_proxies)
+            .map_err(|e| anyhow::anyhow!("trusted_proxies: {e}"))?;
         let r = &self.runs;
-        let ranges: [(&str, u64, u64, u64); 11] = [
+        let ranges: [(&str, u64, u64, u64); 12] = [
+            ("shutdown_timeout_secs", self.shutdown_timeout_secs, 0, 3600),
             ("engine.max_instances", u64::from(self.engine.max_instances), 1, 1_000_000),
             ("runs.direct_upload_max_bytes", r.direct_upload_max_bytes, 1, 1 << 30),
             ("runs.staged_upload_max_bytes", r.staged_upload_max_bytes, 1, 1 << 40),

@@ -142,6 +142,20 @@ pub async fn call<R>(
     f: impl AsyncFnOnce(&mut Store<PluginState>) -> wasmtime::Result<R>,
 ) -> Result<R, PluginError> {
     arm(store);
+    let started = std::time::Instant::now();
     let result = f(store).await;
-    finish(store, what, result)
+    let result = finish(store, what, result);
+    let ident = &store.data().env.ident;
+    let fault = match &result {
+        Err(e) => match e.kind {
+            ErrorKind::Fault(kind) => Some(format!("{kind:?}").to_ascii_lowercase()),
+            _ => None,
+        },
+        Ok(_) => None,
+    };
+    crownest_core::metrics::record::plugin_call(&ident.name, what, started.elapsed(), fault.as_deref());
+    if result.is_err() && ident.kind == crownest_core::PluginKind::ArtifactStore {
+        crownest_core::metrics::record::artifact_store_error(what);
+    }
+    result
 }

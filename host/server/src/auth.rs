@@ -34,6 +34,8 @@ pub enum Who {
 pub struct Caller {
     pub who: Who,
     pub request_id: String,
+    /// The client's address, as audit rows record it.
+    pub client_ip: Option<String>,
 }
 
 impl Caller {
@@ -145,6 +147,7 @@ impl Caller {
             request_id: Some(self.request_id.clone()),
             outcome: outcome.into(),
             detail,
+            client_ip: self.client_ip.clone(),
             ..AuditEvent::default()
         };
         if let Err(e) = state.store.audit(e).await {
@@ -186,6 +189,14 @@ impl Caller {
     }
 }
 
+/// The client's address: the connection's peer, or, when the peer is a
+/// trusted proxy, the address it forwarded for.
+fn client_ip(parts: &Parts, state: &AppState) -> Option<String> {
+    let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()?.0.ip();
+    let forwarded = parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    Some(state.trusted_proxies.client(peer, forwarded).to_string())
+}
+
 fn unauthorized() -> ApiError {
     ApiError::new(
         StatusCode::UNAUTHORIZED,
@@ -199,6 +210,7 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+        let client_ip = client_ip(parts, state);
         let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let token = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
         let who = match token {
@@ -209,7 +221,7 @@ impl FromRequestParts<AppState> for Caller {
             None => None,
         };
         match who {
-            Some(who) => Ok(Caller { who, request_id }),
+            Some(who) => Ok(Caller { who, request_id, client_ip }),
             None => {
                 // Audited without the token: only which key id it claimed.
                 let claimed = token
@@ -232,6 +244,7 @@ impl FromRequestParts<AppState> for Caller {
                         request_id: Some(request_id),
                         outcome: "denied".into(),
                         detail: Some(detail),
+                        client_ip,
                         ..AuditEvent::default()
                     };
                     let _ = state.store.audit(e).await;

@@ -18,6 +18,11 @@ pub use state::{AppState, Limits};
 
 pub use routes::sweep_abandoned_transfers;
 
+/// The metrics router (served on its own listener).
+pub fn metrics_router(state: AppState) -> axum::Router {
+    routes::metrics_router(state)
+}
+
 /// The full router.
 pub fn router(state: AppState) -> axum::Router {
     routes::router(state)

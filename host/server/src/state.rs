@@ -48,4 +48,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Where staged transfer parts are kept until completion.
     pub transfers_dir: PathBuf,
+    /// Proxies whose `X-Forwarded-For` names the client (audit rows).
+    pub trusted_proxies: Arc<crownest_core::ip_ranges::IpRanges>,
+    /// Becomes `true` when the server stops: event streams end.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

@@ -181,7 +181,7 @@ pub fn audit_event(e: &crownest_core::runs::store::AuditEvent) -> Value {
     json!({
         "id": e.id, "at": rfc3339(e.at_ms), "orgId": e.org_id, "actor": e.actor, "action": e.action,
         "target": e.target, "projectId": e.project_id, "requestId": e.request_id, "outcome": e.outcome,
-        "detail": e.detail,
+        "detail": e.detail, "clientIp": e.client_ip,
     })
 }
 

@@ -25,6 +25,7 @@ pub const KEYS: &[&str] = &[
     "max_attempts",
     "presign_downloads",
     "presign_uploads",
+    "public_endpoint",
 ];
 
 /// A boolean setting: `true` or `false` (TOML booleans, or those words),
@@ -58,6 +59,10 @@ pub struct S3Config {
     /// Let clients upload staged archive parts straight to the bucket
     /// through presigned URLs.
     pub presign_uploads: bool,
+    /// The endpoint clients reach the service at, when it is not
+    /// `endpoint` (a reverse proxy, a public name): presigned URLs are made
+    /// for it.
+    pub public_endpoint: Option<String>,
 }
 
 fn text(key: &str) -> Option<String> {
@@ -109,6 +114,14 @@ impl S3Config {
             max_attempts: number("max_attempts", 4)?.clamp(1, 10) as u32,
             presign_downloads: flag("presign_downloads", false)?,
             presign_uploads: flag("presign_uploads", false)?,
+            public_endpoint: match text("public_endpoint") {
+                Some(e) if !(e.starts_with("http://") || e.starts_with("https://")) => {
+                    return Err(Error::Invalid(format!(
+                        "s3-artifacts config `public_endpoint` must be an http:// or https:// URL, got `{e}`"
+                    )));
+                }
+                other => other,
+            },
         })
     }
 }

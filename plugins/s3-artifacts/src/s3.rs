@@ -33,6 +33,8 @@ fn check_declared(hasher: &digest::Hasher, size: u64, sha256: &str) -> Result<()
 pub struct Store {
     cfg: S3Config,
     bucket: Bucket,
+    /// The bucket as clients reach it (`public_endpoint`), for presigning.
+    public: Bucket,
     creds: Credentials,
 }
 
@@ -63,13 +65,24 @@ impl Store {
         let url =
             cfg.endpoint.parse().map_err(|e| Error::Invalid(format!("s3-artifacts `endpoint` is not a URL: {e}")))?;
         let style = if cfg.path_style { UrlStyle::Path } else { UrlStyle::VirtualHost };
-        let bucket = Bucket::new(url, style, cfg.bucket.clone(), cfg.region.clone())
+        let bucket = Bucket::new(url, style.clone(), cfg.bucket.clone(), cfg.region.clone())
             .map_err(|e| Error::Invalid(format!("s3-artifacts bucket configuration: {e}")))?;
+        // Presigned URLs are signed for the host clients use.
+        let public = match &cfg.public_endpoint {
+            None => bucket.clone(),
+            Some(p) => {
+                let url = p
+                    .parse()
+                    .map_err(|e| Error::Invalid(format!("s3-artifacts `public_endpoint` is not a URL: {e}")))?;
+                Bucket::new(url, style, cfg.bucket.clone(), cfg.region.clone())
+                    .map_err(|e| Error::Invalid(format!("s3-artifacts bucket configuration: {e}")))?
+            }
+        };
         let creds = match &cfg.session_token {
             Some(t) => Credentials::new_with_token(&cfg.access_key_id, &cfg.secret_access_key, t),
             None => Credentials::new(&cfg.access_key_id, &cfg.secret_access_key),
         };
-        Ok(Store { cfg, bucket, creds })
+        Ok(Store { cfg, bucket, public, creds })
     }
 
     pub fn presign_downloads(&self) -> bool {
@@ -394,12 +407,12 @@ impl Store {
 
     pub fn presign_get(&self, key: &str, secs: u32) -> String {
         let object = self.object(key);
-        self.bucket.get_object(Some(&self.creds), &object).sign(Duration::from_secs(u64::from(secs))).to_string()
+        self.public.get_object(Some(&self.creds), &object).sign(Duration::from_secs(u64::from(secs))).to_string()
     }
 
     pub fn presign_put(&self, key: &str, secs: u32) -> String {
         let object = self.object(key);
-        self.bucket.put_object(Some(&self.creds), &object).sign(Duration::from_secs(u64::from(secs))).to_string()
+        self.public.put_object(Some(&self.creds), &object).sign(Duration::from_secs(u64::from(secs))).to_string()
     }
 }
 

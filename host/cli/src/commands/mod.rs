@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod plugins;
 pub mod sandboxes;
 pub mod serve;
+pub mod shutdown;
 pub mod templates;
 pub mod workspace_runs;
 

@@ -46,6 +46,8 @@ fn write_credentials(dir: &std::path::Path, b: &crownest_core::runs::store::Boot
 
 pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
     let config = ctx.config()?;
+    let mut signals = super::shutdown::Signals::install()?;
+    let (stop_streams, streams_stop) = tokio::sync::watch::channel(false);
     let listen = args.listen.or(config.listen.clone()).unwrap_or_else(|| "127.0.0.1:7878".into());
     let data_dir = ctx.prepare_data_dir(&config)?;
     let store = Store::open(&data_dir).context("cannot open the database")?;
@@ -129,6 +131,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
             "crownest: {recovered} run(s) were active when the server last stopped: marked failed (host_restarted)"
         );
     }
+    let shutdown_executor = executor.clone();
     let transfers_dir = data_dir.join("transfers");
     std::fs::create_dir_all(&transfers_dir)?;
     let state = AppState {
@@ -146,6 +149,10 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
             heartbeat: Duration::from_secs(r.heartbeat_secs.max(1)),
         },
         transfers_dir,
+        shutdown: streams_stop,
+        trusted_proxies: Arc::new(
+            crownest_core::ip_ranges::IpRanges::parse(&config.trusted_proxies).map_err(|e| anyhow::anyhow!(e))?,
+        ),
     };
     // Idempotency records are kept at least 24 hours (purged after 48);
     // staged transfers left open are swept after `abandoned_transfer_secs`.
@@ -168,6 +175,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
         }
     });
 
+    let metrics_state = state.clone();
     let listener =
         tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     eprintln!("crownest: serving the API on http://{}", listener.local_addr()?);
@@ -177,17 +185,24 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, crownest_server::router(state))
-        .with_graceful_shutdown(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            eprintln!("crownest: shutting down");
-        })
-        .await?;
+    if let Some(addr) = &config.metrics.listen {
+        let metrics = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
+        eprintln!("crownest: serving metrics on http://{}/metrics", metrics.local_addr()?);
+        let app = crownest_server::metrics_router(metrics_state);
+        tokio::spawn(async move { axum::serve(metrics, app).await });
+    }
+    let deadline = Duration::from_secs(config.shutdown_timeout_secs);
+    super::shutdown::serve(listener, crownest_server::router(state), &mut signals, stop_streams, deadline).await?;
+    let grace = Duration::from_millis(config.sandbox.kill_grace_ms) + Duration::from_secs(2);
+    let ended = tokio::select! {
+        n = shutdown_executor.shutdown(grace) => n,
+        _ = signals.next() => super::shutdown::exit_now(),
+    };
+    if ended > 0 {
+        eprintln!("crownest: {ended} active run(s) failed (host_restarted): the server stopped while they ran");
+    }
     if let Some(sbx) = host.sandbox() {
         let sbx = sbx.clone();
         let _ = tokio::task::spawn_blocking(move || sbx.close_standbys()).await;

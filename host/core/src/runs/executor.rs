@@ -215,6 +215,16 @@ impl Executor {
         };
         match self.store.finish_run(run.id.clone(), f).await {
             Ok(Some((terminal, _))) => {
+                let ms = |from: Option<u64>, to: Option<u64>| match (from, to) {
+                    (Some(a), Some(b)) if b >= a => Some(Duration::from_millis(b - a)),
+                    _ => None,
+                };
+                crate::metrics::record::run_finished(
+                    e.status.as_str(),
+                    e.reason,
+                    ms(run.started_at_ms, Some(crate::runs::ids::now_ms())),
+                    ms(run.queued_at_ms, run.started_at_ms),
+                );
                 tracing::debug!(run_id = %run.id, "step: terminal committed");
                 self.hub.notify(&run.id, terminal.seq);
                 tracing::info!(run_id = %run.id, status = %e.status, "run finished");
@@ -735,6 +745,37 @@ impl Executor {
             }
             Err(e) => tracing::warn!(sandbox_id = id, "the meter could not admit a kept sandbox: {}", e.message),
         }
+    }
+
+    /// At shutdown, before the sandboxes go down with this process: fail
+    /// every active run with `host_restarted` (no one will see how its
+    /// command ends: recording that would report the kill of our own
+    /// exit as its result), then stop the commands and give their
+    /// executions up to `within` to destroy their sandboxes (what is left
+    /// is reaped at the next start). Returns how many runs were active.
+    pub async fn shutdown(&self, within: Duration) -> usize {
+        let active = match self.store.active_runs().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!("cannot list active runs at shutdown: {e}");
+                return 0;
+            }
+        };
+        let message = "the server stopped while this run was active; its result is unknown";
+        for run in &active {
+            self.event(&run.id, EventType::Error, json!({"code": "host_restarted", "message": message})).await;
+            self.finish(run, Ending::failed("host_restarted", message), Gathered::default()).await;
+        }
+        let executing: Vec<Arc<Notify>> =
+            self.cancels.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for n in &executing {
+            n.notify_one();
+        }
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline && !self.cancels.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        active.len()
     }
 
     /// Fail runs that waited longer than `max_wait` for an archive that

@@ -253,6 +253,7 @@ impl Metering {
                 Ok(TickDecision::Stop(reason)) => {
                     lease.ticked.store(*whole, Ordering::Relaxed);
                     tracing::info!(sandbox_id = %lease.subject.sandbox_id, "meter stops the sandbox: {reason}");
+                    crate::metrics::record::meter_stop(stop_code(&reason));
                     *lease.stop_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
                     lease.stopped.notify_waiters();
                     let _ = self.stops.send(lease.clone());

@@ -127,6 +127,9 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
         // per 4 KiB).
         let frames = frame_recycler();
         let lender = frames.lender();
+        let mut stopping = state.shutdown.clone();
+        crownest_core::metrics::record::sse_clients(1);
+        let _open = OpenStream;
         loop {
             let batch = match state.store.list_events(run_id.clone(), after, PAGE).await {
                 Ok(b) => b,
@@ -189,6 +192,13 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
                 return;
             }
             tokio::select! {
+                _ = stopped(&mut stopping) => {
+                    // The server is stopping: a last comment, and the client
+                    // resumes from the last id it got (here or elsewhere).
+                    let note = format!(": the server is shutting down; resume with Last-Event-ID: {after}\n\n");
+                    let _ = tx.send(Bytes::from(note)).await;
+                    return;
+                }
                 changed = watch.changed() => {
                     if changed.is_err() {
                         // The hub let go of the run: it is terminal; drain and stop.
@@ -207,6 +217,27 @@ fn live(state: AppState, run_id: String, mut after: u64) -> impl Stream<Item = R
             }
         }
     })
+}
+
+/// Resolves once the server is stopping (never, if its sender is gone).
+async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// Counts an open SSE stream for the metrics while it lives.
+struct OpenStream;
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        crownest_core::metrics::record::sse_clients(-1);
+    }
 }
 
 /// Whether the run has reached a terminal state (its terminal event is

@@ -4,6 +4,7 @@ mod archive;
 mod artifacts;
 mod control;
 mod events;
+mod metrics;
 mod probes;
 mod runs;
 mod sandboxes;
@@ -54,6 +55,11 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// The metrics listener's router: `GET /metrics` only.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new().route("/metrics", get(metrics::metrics)).with_state(state)
 }
 
 async fn request_id(mut req: Request, next: Next) -> Response {

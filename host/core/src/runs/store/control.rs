@@ -48,6 +48,9 @@ pub struct AuditEvent {
     /// `success`, `denied` or `failed`.
     pub outcome: String,
     pub detail: Option<String>,
+    /// The client's address (the peer, or the address a trusted proxy
+    /// forwarded for), when a request caused the event.
+    pub client_ip: Option<String>,
 }
 
 /// Filters of an audit listing; newest first.
@@ -228,8 +231,8 @@ impl Store {
                 e.at_ms = now_ms();
             }
             conn.execute(
-                "INSERT INTO audit_events (id, at, org_id, actor, action, target, project_id, request_id, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![e.id, e.at_ms as i64, e.org_id, e.actor, e.action, e.target, e.project_id, e.request_id, e.outcome, e.detail],
+                "INSERT INTO audit_events (id, at, org_id, actor, action, target, project_id, request_id, outcome, detail, client_ip) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![e.id, e.at_ms as i64, e.org_id, e.actor, e.action, e.target, e.project_id, e.request_id, e.outcome, e.detail, e.client_ip],
             )?;
             Ok(e)
         })
@@ -240,7 +243,7 @@ impl Store {
     pub async fn list_audit(&self, f: AuditFilter) -> Result<(Vec<AuditEvent>, Option<i64>)> {
         self.with(move |conn| {
             let mut sql = String::from(
-                "SELECT rowid, id, at, org_id, actor, action, target, project_id, request_id, outcome, detail FROM audit_events WHERE 1=1",
+                "SELECT rowid, id, at, org_id, actor, action, target, project_id, request_id, outcome, detail, client_ip FROM audit_events WHERE 1=1",
             );
             let mut args: Vec<rusqlite::types::Value> = Vec::new();
             let mut add = |cond: &str, v: rusqlite::types::Value| {
@@ -296,6 +299,7 @@ impl Store {
                             request_id: r.get(8)?,
                             outcome: r.get(9)?,
                             detail: r.get(10)?,
+                            client_ip: r.get(11)?,
                         },
                     ))
                 })?

@@ -66,16 +66,20 @@ impl Store {
         run_id: String,
         events: Vec<(EventType, serde_json::Value)>,
     ) -> Result<Vec<Event>> {
-        self.with(move |conn| {
-            let tx = conn.transaction()?;
-            let mut out = Vec::with_capacity(events.len());
-            for (kind, data) in &events {
-                out.push(insert(&tx, &run_id, *kind, data)?);
-            }
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
+        let started = std::time::Instant::now();
+        let r = self
+            .with(move |conn| {
+                let tx = conn.transaction()?;
+                let mut out = Vec::with_capacity(events.len());
+                for (kind, data) in &events {
+                    out.push(insert(&tx, &run_id, *kind, data)?);
+                }
+                tx.commit()?;
+                Ok(out)
+            })
+            .await;
+        crate::metrics::record::event_append(started.elapsed());
+        r
     }
 
     /// Events with `seq > after`, at most `limit`.

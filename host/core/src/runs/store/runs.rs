@@ -315,6 +315,16 @@ impl Store {
         .await
     }
 
+    /// How many runs are in each status (for the metrics).
+    pub async fn count_runs_by_status(&self) -> Result<Vec<(String, u64)>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM runs GROUP BY status")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
     /// Runs still waiting for an archive that were created more than
     /// `max_age_ms` ago.
     pub async fn stale_awaiting_runs(&self, max_age_ms: u64) -> Result<Vec<Run>> {

@@ -32,10 +32,11 @@ const MIGRATIONS: &[Migration] = &[
         what: "secret environment variables of runs; readiness probe row",
         apply: secrets_and_probes,
     },
+    Migration { version: 3, what: "the client address of audit events", apply: audit_client_ip },
 ];
 
 /// The schema version this build writes.
-pub const LATEST: u32 = 2;
+pub const LATEST: u32 = 3;
 
 const BASELINE: &str = r#"
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -106,6 +107,10 @@ fn secrets_and_probes(tx: &Transaction) -> rusqlite::Result<()> {
         "CREATE TABLE IF NOT EXISTS run_secrets (run_id TEXT PRIMARY KEY, env TEXT NOT NULL);
          CREATE TABLE IF NOT EXISTS probes (name TEXT PRIMARY KEY, at INTEGER NOT NULL);",
     )
+}
+
+fn audit_client_ip(tx: &Transaction) -> rusqlite::Result<()> {
+    tx.execute_batch("ALTER TABLE audit_events ADD COLUMN client_ip TEXT")
 }
 
 /// Bring the database at `path` up to [`LATEST`], or refuse one that is
