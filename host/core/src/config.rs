@@ -29,6 +29,10 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// Address `crownest serve` listens on.
     pub listen: Option<String>,
+    /// Form of the log lines on stderr: `text` (the default) or `json`, one
+    /// object per line for log shippers (`CROWNEST_LOG_FORMAT=json`).
+    #[serde(default)]
+    pub log_format: LogFormat,
     #[serde(default)]
     pub engine: EngineConfig,
     #[serde(default)]
@@ -37,6 +41,15 @@ pub struct Config {
     pub sandbox: SandboxSettings,
     #[serde(default)]
     pub runs: RunSettings,
+}
+
+/// Form of the log lines (`log_format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Limits and tuning of Workspace Runs.
@@ -447,6 +460,14 @@ mod tests {
         let err = Config::from_parts(Some("[sandbox]\nscheduling = \"fifo\"\n"), &[]).unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("fifo") && msg.contains("batch") && msg.contains("normal"), "{msg}");
+    }
+
+    #[test]
+    fn log_format_is_text_unless_json() {
+        assert_eq!(Config::from_parts(None, &[]).unwrap().log_format, LogFormat::Text);
+        let c = Config::from_parts(None, &vars(&[("CROWNEST_LOG_FORMAT", "json")])).unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(Config::from_parts(Some("log_format = \"xml\"\n"), &[]).is_err());
     }
 
     #[test]
