@@ -83,13 +83,20 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
     }
     let (host, set) = ctx.load_plugins_serving(&config)?;
     let served = serve(&config, &data_dir, store, &host, set, listener).await;
-    // On a failed start as after a clean stop: no standby start may still
-    // be running when the runtime shuts down.
+    if served.is_err() {
+        // A failed start: no standby start may still be running when the
+        // runtime shuts down (it used to panic under one).
+        close_standbys(&host).await;
+    }
+    served
+}
+
+/// Destroy the standby sandboxes, waiting for those being started.
+async fn close_standbys(host: &PluginHost) {
     if let Some(sbx) = host.sandbox() {
         let sbx = sbx.clone();
         let _ = tokio::task::spawn_blocking(move || sbx.close_standbys()).await;
     }
-    served
 }
 
 async fn serve(
@@ -233,5 +240,9 @@ async fn serve(
             note("shutting down");
         })
         .await?;
+    // While the executor still stands: runs in flight are left as they
+    // are, for the next start to mark `host_restarted`; dropping the
+    // serving state first would let them fail here, half-observed.
+    close_standbys(host).await;
     Ok(ExitCode::SUCCESS)
 }
