@@ -1,5 +1,6 @@
 //! What every command needs: the configuration and the plugin host built
-//! from it.
+//! from it. (Which server and credential the API client commands use is
+//! `credentials`' job.)
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -101,40 +102,4 @@ pub fn sandbox_host(config: &Config, standby: bool) -> Result<Arc<SandboxHost>> 
 fn rustix_is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
-}
-
-/// The API client: `CROWNEST_API_URL` / `CROWNEST_API_KEY`, falling back to
-/// the local server (`listen` in the config) and its `credentials.json`.
-pub fn client(ctx: &Context) -> Result<crownest_client::Client> {
-    credential_client(ctx, "CROWNEST_API_KEY", "apiKey", "API key")
-}
-
-/// A client with the admin credential (key and project management):
-/// `CROWNEST_ADMIN_TOKEN`, falling back to the local `credentials.json`.
-pub fn admin_client(ctx: &Context) -> Result<crownest_client::Client> {
-    credential_client(ctx, "CROWNEST_ADMIN_TOKEN", "adminToken", "admin token")
-}
-
-fn credential_client(ctx: &Context, var: &str, field: &str, what: &str) -> Result<crownest_client::Client> {
-    let config = ctx.config()?;
-    let url = match std::env::var("CROWNEST_API_URL").ok().filter(|v| !v.is_empty()) {
-        Some(u) => u,
-        None => format!("http://{}", config.listen.clone().unwrap_or_else(|| "127.0.0.1:7878".into())),
-    };
-    let key = match std::env::var(var).ok().filter(|v| !v.is_empty()) {
-        Some(k) => k,
-        None => {
-            let path = config.data_dir().join("credentials.json");
-            let text = std::fs::read_to_string(&path).map_err(|_| {
-                anyhow::anyhow!(
-                    "no {what}: set {var}, or start a local server (`crownest serve`), which writes {}",
-                    path.display()
-                )
-            })?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
-            v[field].as_str().map(String::from).with_context(|| format!("{} has no {field}", path.display()))?
-        }
-    };
-    Ok(crownest_client::Client::new(url, key))
 }

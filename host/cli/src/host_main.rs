@@ -13,7 +13,12 @@ fn main() -> ExitCode {
     // logging, no allocation-heavy setup).
     crownest_sandbox::jail::run_if_invoked();
     let cli = Cli::parse();
-    crownest_cli::init_logging();
+    // SIGPIPE stays ignored here (a server's sockets and the pipes to its
+    // sandboxes must never kill it); output goes through `stdio`, which
+    // ends the process quietly on a closed pipe.
+    if let Some(code) = crownest_cli::start_logging(cli.config.as_deref()) {
+        return code;
+    }
     // Commands that host plugins and the store need worker threads; the API
     // client commands do one request at a time.
     let Some(runtime) = crownest_cli::runtime(cli.command.hosts_plugins()) else { return ExitCode::FAILURE };

@@ -14,8 +14,14 @@
 
 pub mod commands;
 pub mod context;
+pub mod credentials;
+pub mod display;
+pub mod exit;
+pub mod local_server;
+pub mod logging;
+pub mod stdio;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -88,27 +94,29 @@ impl Command {
     }
 }
 
-/// Log to stderr, filtered by `CROWNEST_LOG` (default: warnings, and the
-/// server's own info lines).
-pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CROWNEST_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,crownest=info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+/// Install the stderr logger in the form the config asks for
+/// (`log_format`, `CROWNEST_LOG_FORMAT`), filtered by `CROWNEST_LOG`. An
+/// invalid `CROWNEST_LOG` is wrong usage: it is printed and its exit code
+/// returned.
+pub fn start_logging(config_path: Option<&Path>) -> Option<ExitCode> {
+    // Read leniently: a broken config is reported by the command that
+    // loads it, in whatever form the logger has by then.
+    let format = crownest_core::config::Config::load(config_path).map(|c| c.log_format).unwrap_or_default();
+    match logging::init(format) {
+        Ok(()) => None,
+        Err(e) => {
+            errln!("error: {e}");
+            Some(ExitCode::from(exit::USAGE))
+        }
+    }
 }
 
-/// Run a command on `runtime`, turning an error into a message and a
-/// failing exit status.
+/// Run a command on `runtime`, turning an error into a message and its
+/// exit code (see [`exit`]).
 pub fn finish(runtime: tokio::runtime::Runtime, work: impl Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
     match runtime.block_on(work) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => exit::error(&e),
     }
 }
 
@@ -122,7 +130,7 @@ pub fn runtime(multi_thread: bool) -> Option<tokio::runtime::Runtime> {
     match builder.enable_all().build() {
         Ok(rt) => Some(rt),
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            errln!("error: cannot start the async runtime: {e}");
             None
         }
     }
@@ -151,12 +159,12 @@ pub fn exec_host() -> ExitCode {
     let host = match std::env::current_exe() {
         Ok(exe) => exe.with_file_name("crownest-host"),
         Err(e) => {
-            eprintln!("error: cannot locate the crownest executable (to find crownest-host beside it): {e}");
+            errln!("error: cannot locate the crownest executable (to find crownest-host beside it): {e}");
             return ExitCode::FAILURE;
         }
     };
     let err = std::process::Command::new(&host).arg0("crownest").args(std::env::args_os().skip(1)).exec();
-    eprintln!(
+    errln!(
         "error: cannot start {} ({err}): `serve`, `plugins`, `doctor` and `templates` run in crownest-host, \
          which is installed next to crownest",
         host.display()

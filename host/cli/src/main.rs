@@ -12,7 +12,11 @@ fn main() -> ExitCode {
     if cli.command.hosts_plugins() {
         return crownest_cli::exec_host();
     }
-    crownest_cli::init_logging();
+    // A closed stdout (`| head`) ends this process as it ends `cat`.
+    crownest_cli::stdio::restore_sigpipe();
+    if let Some(code) = crownest_cli::start_logging(cli.config.as_deref()) {
+        return code;
+    }
     // One request at a time: a single-threaded runtime starts faster (no
     // worker threads to spawn and wake).
     let Some(runtime) = crownest_cli::runtime(false) else { return ExitCode::FAILURE };

@@ -3,8 +3,10 @@
 //! writes carrying an `Idempotency-Key`), and an SSE event stream that
 //! resumes after the last event it delivered.
 
+pub mod base_url;
 mod event_json;
 mod sse;
+pub mod types;
 
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use bytes::Bytes;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-pub use sse::EventStream;
+pub use sse::{EventStream, Outage};
 
 /// A failed call.
 #[derive(Debug, thiserror::Error)]
@@ -20,15 +22,48 @@ pub enum ClientError {
     /// The API answered with an error envelope.
     #[error("{code}: {message}")]
     Api { status: u16, code: String, message: String, request_id: Option<String> },
-    /// The API could not be reached (after retries).
+    /// The API could not be reached (after retries): `url` is the server's
+    /// base URL, `message` the cause (`connection refused`, `timed out`, …).
     #[error("cannot reach CrowNest at {url}: {message}")]
-    Transport { url: String, message: String },
+    Transport { url: String, message: String, refused: bool },
     /// Anything else (unexpected response).
     #[error("{0}")]
     Other(String),
 }
 
 impl ClientError {
+    /// A transport failure of a request to `base`, described by its
+    /// innermost cause (reqwest's own message only says "error sending
+    /// request").
+    pub(crate) fn transport(base: &str, e: &reqwest::Error) -> ClientError {
+        let mut refused = false;
+        let mut cause = e.to_string();
+        let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+        while let Some(s) = source {
+            if let Some(io) = s.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::ConnectionRefused
+            {
+                refused = true;
+            }
+            cause = s.to_string();
+            source = s.source();
+        }
+        let message = if refused {
+            "connection refused".to_string()
+        } else if e.is_timeout() {
+            format!("timed out ({cause})")
+        } else {
+            cause
+        };
+        ClientError::Transport { url: base.to_string(), message, refused }
+    }
+
+    /// Whether the server could not be reached at all (as opposed to
+    /// answering with an error).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ClientError::Transport { .. })
+    }
+
     pub fn code(&self) -> &str {
         match self {
             ClientError::Api { code, .. } => code,
@@ -39,6 +74,11 @@ impl ClientError {
 }
 
 pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// `data` (an envelope's content) as `T`.
+pub fn typed<T: serde::de::DeserializeOwned>(data: Value) -> Result<T> {
+    serde_json::from_value(data).map_err(|e| ClientError::Other(format!("unexpected response: {e}")))
+}
 
 /// The API client.
 #[derive(Clone)]
@@ -60,9 +100,22 @@ pub fn idempotency_key() -> String {
 const RETRIES: u32 = 3;
 
 impl Client {
+    /// A client of the API at `base` (as [`base_url::normalize`] gives it).
+    ///
+    /// # Panics
+    /// When the HTTP client cannot be built (no TLS backend); callers that
+    /// must not panic use [`Client::try_new`].
     pub fn new(base: impl Into<String>, key: impl Into<String>) -> Client {
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build().expect("HTTP client");
-        Client { base: base.into().trim_end_matches('/').to_string(), key: key.into(), http }
+        Client::try_new(base, key).expect("HTTP client")
+    }
+
+    /// [`Client::new`], or why the HTTP client could not be built.
+    pub fn try_new(base: impl Into<String>, key: impl Into<String>) -> Result<Client> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| ClientError::Other(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Client { base: base.into().trim_end_matches('/').to_string(), key: key.into(), http })
     }
 
     pub fn base(&self) -> &str {
@@ -116,9 +169,7 @@ impl Client {
             match req.send().await {
                 Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE && repeatable && attempt < RETRIES => {}
                 Ok(r) => return Ok(r),
-                Err(e) if !repeatable || attempt >= RETRIES => {
-                    return Err(ClientError::Transport { url, message: e.to_string() });
-                }
+                Err(e) if !repeatable || attempt >= RETRIES => return Err(ClientError::transport(&self.base, &e)),
                 Err(_) => {}
             }
             attempt += 1;
@@ -136,9 +187,27 @@ impl Client {
 
     /// A JSON call; returns the envelope's `data`.
     pub async fn call(&self, method: Method, path: &str, body: Option<&Value>, idem: Option<&str>) -> Result<Value> {
+        match body {
+            Some(b) => self.call_with(method, path, b, idem).await,
+            None => {
+                let repeatable = method == Method::GET || idem.is_some();
+                Self::decode(self.send(method, path, None, idem, repeatable).await?).await
+            }
+        }
+    }
+
+    /// A JSON call with a typed body; returns the envelope's `data`.
+    pub async fn call_with<B: serde::Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+        idem: Option<&str>,
+    ) -> Result<Value> {
         let repeatable = method == Method::GET || idem.is_some();
-        let body = body.map(|b| Bytes::from(serde_json::to_vec(b).expect("JSON")));
-        Self::decode(self.send(method, path, body, idem, repeatable).await?).await
+        let body =
+            serde_json::to_vec(body).map_err(|e| ClientError::Other(format!("cannot encode the request: {e}")))?;
+        Self::decode(self.send(method, path, Some(Bytes::from(body)), idem, repeatable).await?).await
     }
 
     pub async fn get(&self, path: &str) -> Result<Value> {
@@ -157,8 +226,7 @@ impl Client {
         if let Some(k) = idem {
             req = req.header("Idempotency-Key", k);
         }
-        let resp =
-            req.send().await.map_err(|e| ClientError::Transport { url: self.url(path), message: e.to_string() })?;
+        let resp = req.send().await.map_err(|e| ClientError::transport(&self.base, &e))?;
         Self::decode(resp).await
     }
 
@@ -182,8 +250,8 @@ impl Client {
                     )));
                 }
                 Err(e) if attempt >= RETRIES => {
-                    let host = url.split('?').next().unwrap_or(url).to_string();
-                    return Err(ClientError::Transport { url: host, message: e.to_string() });
+                    let host = url.split('?').next().unwrap_or(url);
+                    return Err(ClientError::transport(host, &e));
                 }
                 Err(_) => {}
             }
@@ -203,6 +271,20 @@ impl Client {
             .and_then(|b| b.strip_suffix(b"}"))
             .ok_or_else(|| ClientError::Other("unexpected evidence envelope".into()))?;
         Ok(inner.to_vec())
+    }
+
+    /// A run's Evidence Bundle: the stored bytes, exactly, with the digest
+    /// the server sent for them.
+    pub async fn evidence(&self, run_id: &str) -> Result<types::Evidence> {
+        let resp = self.send(Method::GET, &format!("/v1/workspace-runs/{run_id}/evidence"), None, None, true).await?;
+        let resp = Self::success(resp).await?;
+        let sha256 = resp.headers().get("x-evidence-sha256").and_then(|v| v.to_str().ok()).map(String::from);
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Other(format!("reading the evidence failed: {e}")))?;
+        let inner = bytes
+            .strip_prefix(b"{\"data\":")
+            .and_then(|b| b.strip_suffix(b"}"))
+            .ok_or_else(|| ClientError::Other("unexpected evidence envelope".into()))?;
+        Ok(types::Evidence { bytes: inner.to_vec(), sha256 })
     }
 
     /// A streamed GET (artifact content).
@@ -225,7 +307,7 @@ impl Client {
             .header("accept", "text/event-stream")
             .send()
             .await
-            .map_err(|e| ClientError::Transport { url: self.url(&path), message: e.to_string() })?;
+            .map_err(|e| ClientError::transport(&self.base, &e))?;
         Self::success(resp).await
     }
 }

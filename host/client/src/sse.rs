@@ -1,12 +1,41 @@
 //! Server-sent events of a run, resumed from the last delivered seq after a
 //! dropped connection. Heartbeats are consumed here.
+//!
+//! A stream that drops is reopened with `afterSeq` = the last seq
+//! delivered, so nothing is lost or repeated. While the server cannot be
+//! reached at all (it is restarting, say), reopening is retried with a
+//! back-off for a bounded time ([`EventStream::outage_wait`]); past it
+//! the stream fails with [`ClientError::Transport`].
 
 use std::borrow::Cow;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::{Client, ClientError, Result};
+
+/// How long the server may be unreachable before a stream gives up, unless
+/// the caller says otherwise.
+pub const DEFAULT_OUTAGE_WAIT: Duration = Duration::from_secs(60);
+/// Silence after which a connection is taken for dead and reopened: the
+/// server sends a heartbeat every 15 s (`runs.heartbeat_secs`) when idle,
+/// and a peer that vanished without a reset would otherwise hang us.
+const IDLE_LIMIT: Duration = Duration::from_secs(75);
+/// Drops in a row, without a single event or heartbeat in between, after
+/// which the stream gives up (a proxy that cuts every connection).
+const MAX_EMPTY_DROPS: u32 = 20;
+
+/// What a stream reports about an outage while it waits it out.
+#[derive(Debug)]
+pub enum Outage<'a> {
+    /// The server cannot be reached; reconnecting for up to `wait`.
+    Lost { error: &'a ClientError, wait: Duration },
+    /// Reconnected after being down for `after`.
+    Back { after: Duration },
+}
+
+type OutageHook = Box<dyn FnMut(Outage<'_>) + Send>;
 
 /// Yields events (the API's event objects) until `terminal`.
 pub struct EventStream {
@@ -20,7 +49,15 @@ pub struct EventStream {
     /// How far `buf` has been searched for a blank line (each byte once).
     scanned: usize,
     done: bool,
-    reconnects: u32,
+    /// Drops in a row without a block in between.
+    empty_drops: u32,
+    /// How long an outage is waited out.
+    wait: Duration,
+    /// When the current outage began (the first failed reopen).
+    down_since: Option<Instant>,
+    /// Failed reopens in the current outage (for the back-off).
+    attempts: u32,
+    on_outage: Option<OutageHook>,
 }
 
 impl EventStream {
@@ -34,8 +71,25 @@ impl EventStream {
             start: 0,
             scanned: 0,
             done: false,
-            reconnects: 0,
+            empty_drops: 0,
+            wait: DEFAULT_OUTAGE_WAIT,
+            down_since: None,
+            attempts: 0,
+            on_outage: None,
         }
+    }
+
+    /// How long to keep trying while the server cannot be reached (zero:
+    /// fail at the first refused reconnect).
+    pub fn outage_wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Be told when an outage begins and ends (to say so to a person).
+    pub fn on_outage(mut self, hook: impl FnMut(Outage<'_>) + Send + 'static) -> Self {
+        self.on_outage = Some(Box::new(hook));
+        self
     }
 
     /// The highest seq delivered so far.
@@ -43,7 +97,8 @@ impl EventStream {
         self.after
     }
 
-    /// The next event, or `None` after the terminal event.
+    /// The next event, or `None` after the terminal event. Cancel-safe: a
+    /// call dropped at any await leaves the stream ready for the next.
     pub async fn next(&mut self) -> Result<Option<Value>> {
         loop {
             if self.done {
@@ -55,6 +110,7 @@ impl EventStream {
                     let block = parse_block(&self.buf[self.start..pos])?;
                     self.start = pos + len;
                     self.scanned = self.start;
+                    self.empty_drops = 0;
                     if let Some(ev) = self.accept(block)? {
                         return Ok(Some(ev));
                     }
@@ -63,14 +119,12 @@ impl EventStream {
                 Err(scanned) => self.scanned = scanned,
             }
             if self.body.is_none() {
-                let resp = self.client.open_sse(&self.run_id, self.after).await?;
-                self.body = Some(resp.bytes_stream().boxed());
-                self.buf.clear();
-                self.start = 0;
-                self.scanned = 0;
+                self.reopen().await?;
+                continue;
             }
-            match self.body.as_mut().expect("opened above").next().await {
-                Some(Ok(chunk)) => {
+            let next = tokio::time::timeout(IDLE_LIMIT, self.body.as_mut().expect("opened above").next()).await;
+            match next {
+                Ok(Some(Ok(chunk))) => {
                     // Drop what was consumed before growing the buffer, so
                     // it holds at most one event plus one network chunk.
                     if self.start > 0 {
@@ -80,24 +134,86 @@ impl EventStream {
                     }
                     self.buf.extend_from_slice(&chunk)
                 }
-                Some(Err(_)) | None => {
-                    // Dropped before `terminal`: resume after the last seq,
-                    // unless the run has ended (the server closes a stream
-                    // whose cursor is already past `terminal`).
+                Ok(None) if self.at_end_of_finished_run().await => {
+                    // The server closes the stream of a finished run whose
+                    // cursor is past its last event: nothing is missing.
+                    self.done = true;
+                    return Ok(None);
+                }
+                Ok(Some(Err(_)) | None) | Err(_) => {
+                    // Dropped (or silent) before `terminal`: resume after
+                    // the last seq.
                     self.body = None;
-                    let run = self.client.get(&format!("/v1/workspace-runs/{}", self.run_id)).await;
-                    let ended = run.ok().and_then(|r| r["status"].as_str().map(String::from));
-                    if ended.is_some_and(|s| matches!(s.as_str(), "succeeded" | "failed" | "canceled")) {
-                        self.done = true;
-                        return Ok(None);
-                    }
-                    self.reconnects += 1;
-                    if self.reconnects > 20 {
+                    self.empty_drops += 1;
+                    if self.empty_drops > MAX_EMPTY_DROPS {
                         return Err(ClientError::Other("the event stream kept disconnecting".into()));
                     }
-                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                 }
             }
+        }
+    }
+
+    /// Whether the run has ended and no event follows the cursor (one
+    /// page request; `false` when it cannot tell, e.g. the server is gone).
+    async fn at_end_of_finished_run(&self) -> bool {
+        let path = format!("/v1/workspace-runs/{}/events?afterSeq={}&limit=1", self.run_id, self.after);
+        let page = self.client.get(&path);
+        match tokio::time::timeout(Duration::from_secs(10), page).await {
+            Ok(Ok(p)) => {
+                let ended = p["runStatus"].as_str().is_some_and(|s| matches!(s, "succeeded" | "failed" | "canceled"));
+                ended && p["items"].as_array().is_some_and(|i| i.is_empty())
+            }
+            _ => false,
+        }
+    }
+
+    /// Open the stream after the last delivered seq, waiting out an outage
+    /// of the server for up to `wait`.
+    async fn reopen(&mut self) -> Result<()> {
+        match self.client.open_sse(&self.run_id, self.after).await {
+            Ok(resp) => {
+                self.body = Some(resp.bytes_stream().boxed());
+                self.buf.clear();
+                self.start = 0;
+                self.scanned = 0;
+                if let Some(since) = self.down_since.take()
+                    && let Some(hook) = self.on_outage.as_mut()
+                {
+                    hook(Outage::Back { after: since.elapsed() });
+                }
+                self.attempts = 0;
+                Ok(())
+            }
+            Err(e) if is_outage(&e) => {
+                let since = match self.down_since {
+                    Some(since) => since,
+                    None => {
+                        let now = Instant::now();
+                        self.down_since = Some(now);
+                        if let Some(hook) = self.on_outage.as_mut() {
+                            hook(Outage::Lost { error: &e, wait: self.wait });
+                        }
+                        now
+                    }
+                };
+                let left = self.wait.saturating_sub(since.elapsed());
+                if left.is_zero() {
+                    return Err(match e {
+                        ClientError::Transport { url, message, refused } => ClientError::Transport {
+                            url,
+                            message: format!("{message} (still, after {} s of retrying)", self.wait.as_secs()),
+                            refused,
+                        },
+                        other => other,
+                    });
+                }
+                self.attempts += 1;
+                let backoff = Duration::from_millis(250 << self.attempts.min(3));
+                tokio::time::sleep(backoff.min(left)).await;
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -118,6 +234,16 @@ impl EventStream {
             self.done = true;
         }
         Ok(Some(value))
+    }
+}
+
+/// Whether a failed reopen means the server is (for now) not there: no
+/// connection, or a proxy in front of it answering for it.
+fn is_outage(e: &ClientError) -> bool {
+    match e {
+        ClientError::Transport { .. } => true,
+        ClientError::Api { status, .. } => matches!(status, 502..=504),
+        ClientError::Other(_) => false,
     }
 }
 

@@ -24,6 +24,7 @@ use crate::plugin_kind::PluginKind;
 pub const TOP_LEVEL_KEYS: &[&str] = &[
     "data_dir",
     "listen",
+    "log_format",
     "trusted_proxies",
     "shutdown_timeout_secs",
     "engine",
@@ -48,6 +49,10 @@ pub struct Config {
     /// How long a stopping server waits for open connections.
     #[serde(default = "default_shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
+    /// Form of the log lines on stderr: `text` (the default) or `json`, one
+    /// object per line for log shippers (`CROWNEST_LOG_FORMAT=json`).
+    #[serde(default)]
+    pub log_format: LogFormat,
     #[serde(default)]
     pub engine: EngineConfig,
     #[serde(default)]
@@ -71,6 +76,15 @@ pub struct MetricsSettings {
 
 fn default_shutdown_timeout_secs() -> u64 {
     10
+}
+
+/// Form of the log lines (`log_format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Limits and tuning of Workspace Runs.
@@ -517,6 +531,14 @@ mod tests {
         let err = Config::from_parts(Some("[sandbox]\nscheduling = \"fifo\"\n"), &[]).unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("fifo") && msg.contains("batch") && msg.contains("normal"), "{msg}");
+    }
+
+    #[test]
+    fn log_format_is_text_unless_json() {
+        assert_eq!(Config::from_parts(None, &[]).unwrap().log_format, LogFormat::Text);
+        let c = Config::from_parts(None, &vars(&[("CROWNEST_LOG_FORMAT", "json")])).unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(Config::from_parts(Some("log_format = \"xml\"\n"), &[]).is_err());
     }
 
     #[test]

@@ -5,15 +5,18 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::Subcommand;
 use futures_util::StreamExt;
-use serde_json::json;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::commands::print_table;
-use crate::commands::workspace_runs::fail;
-use crate::context::{self, Context};
+use crate::commands::workspace_runs::{fail, print_json};
+use crate::context::Context;
+use crate::credentials::{self, Need};
+use crate::display::safe;
+use crate::{errln, exit, stdio};
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -36,24 +39,27 @@ pub enum Command {
 }
 
 pub async fn run(ctx: &Context, cmd: Command) -> Result<ExitCode> {
-    let client = context::client(ctx)?;
+    let client = credentials::client(ctx, Need::ApiKey)?;
     Ok(match cmd {
         Command::List { run, json } => match client.get(&format!("/v1/workspace-runs/{run}/artifacts")).await {
             Ok(page) => {
                 let items = page["items"].as_array().cloned().unwrap_or_default();
                 if json {
                     for a in &items {
-                        println!("{}", json!({ "data": a }));
+                        print_json(a);
                     }
                 } else {
-                    let mut rows = vec![["ARTIFACT", "NAME", "SIZE", "SHA256", "PATH"].map(String::from).to_vec()];
+                    let s = |a: &Value, k: &str| a[k].as_str().unwrap_or("-").to_string();
+                    let mut rows =
+                        vec![["ARTIFACT", "NAME", "SIZE", "SHA256", "STORE", "PATH"].map(String::from).to_vec()];
                     for a in &items {
                         rows.push(vec![
-                            a["id"].as_str().unwrap_or("").into(),
-                            a["name"].as_str().unwrap_or("").into(),
+                            s(a, "id"),
+                            s(a, "name"),
                             a["sizeBytes"].to_string(),
-                            a["sha256"].as_str().unwrap_or("").into(),
-                            a["path"].as_str().unwrap_or("").into(),
+                            s(a, "sha256"),
+                            s(a, "store"),
+                            s(a, "path"),
                         ]);
                     }
                     print_table(&rows);
@@ -68,15 +74,18 @@ pub async fn run(ctx: &Context, cmd: Command) -> Result<ExitCode> {
                 Err(e) => return Ok(fail(&e)),
             };
             if json {
-                println!("{}", json!({ "data": meta }));
+                print_json(&meta);
                 return Ok(ExitCode::SUCCESS);
             }
             let resp = match client.download(&format!("/v1/artifacts/{artifact_id}/content")).await {
                 Ok(r) => r,
                 Err(e) => return Ok(fail(&e)),
             };
+            let to_stdout = output.is_none();
             let mut sink: Box<dyn Write> = match &output {
-                Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
+                Some(path) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+                )),
                 None => Box::new(std::io::stdout().lock()),
             };
             let mut sha = Sha256::new();
@@ -86,19 +95,28 @@ pub async fn run(ctx: &Context, cmd: Command) -> Result<ExitCode> {
                 let chunk = chunk.map_err(|e| anyhow::anyhow!("the download broke off: {e}"))?;
                 sha.update(&chunk);
                 n += chunk.len() as u64;
-                sink.write_all(&chunk)?;
+                if to_stdout {
+                    stdio::out_bytes(&mut sink, &chunk);
+                } else {
+                    sink.write_all(&chunk)?;
+                }
             }
             sink.flush()?;
             let got = hex::encode(sha.finalize());
             if Some(got.as_str()) != meta["sha256"].as_str() || Some(n) != meta["sizeBytes"].as_u64() {
-                eprintln!(
+                errln!(
                     "error: artifact_corrupt: downloaded {n} bytes with sha256 {got}, expected {} / {}",
-                    meta["sizeBytes"], meta["sha256"]
+                    meta["sizeBytes"],
+                    safe(&meta["sha256"].to_string())
                 );
-                return Ok(ExitCode::FAILURE);
+                return Ok(ExitCode::from(exit::FAILURE));
             }
             if let Some(p) = output {
-                eprintln!("wrote {} ({n} bytes, sha256 {got}) to {}", meta["name"].as_str().unwrap_or(""), p.display());
+                errln!(
+                    "wrote {} ({n} bytes, sha256 {got}) to {}",
+                    safe(meta["name"].as_str().unwrap_or("")),
+                    p.display()
+                );
             }
             ExitCode::SUCCESS
         }

@@ -4,14 +4,17 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::commands::print_table;
-use crate::commands::workspace_runs::{fail, report};
-use crate::context::{self, Context};
+use crate::commands::workspace_runs::{fail, print_json, report};
+use crate::context::Context;
+use crate::credentials::{self, Need};
+use crate::display::safe;
+use crate::{errln, outln};
 
 #[derive(Subcommand)]
 pub enum KeysCommand {
@@ -24,8 +27,8 @@ pub enum KeysCommand {
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
         /// Lifetime: seconds, or a number with s, m, h or d (`30d`).
-        #[arg(long)]
-        expires_in: Option<String>,
+        #[arg(long, value_parser = duration_secs)]
+        expires_in: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -82,39 +85,48 @@ pub enum AuditCommand {
     },
 }
 
-/// `90`, `90s`, `15m`, `12h`, `30d` → seconds.
-fn duration_secs(s: &str) -> Result<u64> {
-    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
-    let n: u64 = num.parse().map_err(|_| anyhow::anyhow!("`{s}` is not a duration like 3600, 90m, 12h or 30d"))?;
+/// `90`, `90s`, `15m`, `12h`, `30d` → seconds (a clap value parser: a
+/// malformed duration is wrong usage, exit 2).
+fn duration_secs(s: &str) -> Result<u64, String> {
+    let bad = || format!("`{s}` is not a duration like 3600, 90m, 12h or 30d");
+    let t = s.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num.parse().map_err(|_| bad())?;
     let mult = match unit {
         "" | "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        _ => bail!("`{s}` is not a duration like 3600, 90m, 12h or 30d"),
+        _ => return Err(bad()),
     };
-    Ok(n * mult)
+    n.checked_mul(mult).ok_or_else(bad)
 }
 
 fn print_json_lines(items: &[Value]) {
     for i in items {
-        println!("{}", json!({ "data": i }));
+        print_json(i);
     }
 }
 
-fn text(v: &Value) -> String {
+/// A value as table text (escaped when printed by print_table).
+fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
-        Value::Array(a) => a.iter().map(text).collect::<Vec<_>>().join(","),
+        Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
         other => other.to_string(),
     }
+}
+
+/// A value as text for a line of our own: escaped.
+fn text(v: &Value) -> String {
+    safe(&cell(v)).into_owned()
 }
 
 fn table(items: &[Value], columns: &[(&str, &str)]) {
     let mut rows = vec![columns.iter().map(|(h, _)| h.to_string()).collect::<Vec<_>>()];
     for i in items {
-        rows.push(columns.iter().map(|(_, f)| text(&i[*f])).collect());
+        rows.push(columns.iter().map(|(_, f)| cell(&i[*f])).collect());
     }
     print_table(&rows);
 }
@@ -123,18 +135,13 @@ const KEY_COLUMNS: &[(&str, &str)] =
     &[("KEY", "id"), ("PROJECT", "projectId"), ("SCOPES", "scopes"), ("STATUS", "status"), ("EXPIRES", "expiresAt")];
 
 pub async fn keys(ctx: &Context, cmd: KeysCommand) -> Result<ExitCode> {
-    let client = context::admin_client(ctx)?;
+    let client = credentials::client(ctx, Need::Admin)?;
     Ok(match cmd {
         KeysCommand::Create { project, scopes, expires_in, json } => {
-            let expires = expires_in.as_deref().map(duration_secs).transpose()?;
-            let body = json!({"projectId": project, "scopes": scopes, "expiresInSecs": expires});
+            let body = json!({"projectId": project, "scopes": scopes, "expiresInSecs": expires_in});
             report(client.call(Method::POST, "/v1/keys", Some(&body), None).await, json, |k| {
-                eprintln!(
-                    "created {} ({}); the key is shown once:",
-                    text(&k["id"]),
-                    text(&k["scopes"]).replace(',', " ")
-                );
-                println!("{}", text(&k["key"]));
+                errln!("created {} ({}); the key is shown once:", text(&k["id"]), text(&k["scopes"]).replace(',', " "));
+                outln!("{}", text(&k["key"]));
             })
         }
         KeysCommand::List { json } => match client.get("/v1/keys").await {
@@ -151,7 +158,7 @@ pub async fn keys(ctx: &Context, cmd: KeysCommand) -> Result<ExitCode> {
         },
         KeysCommand::Revoke { key_id, json } => {
             report(client.call(Method::POST, &format!("/v1/keys/{key_id}/revoke"), None, None).await, json, |k| {
-                println!("revoked {} at {}", text(&k["id"]), text(&k["revokedAt"]));
+                outln!("revoked {} at {}", text(&k["id"]), text(&k["revokedAt"]));
             })
         }
     })
@@ -160,14 +167,15 @@ pub async fn keys(ctx: &Context, cmd: KeysCommand) -> Result<ExitCode> {
 pub async fn projects(ctx: &Context, cmd: ProjectsCommand) -> Result<ExitCode> {
     Ok(match cmd {
         ProjectsCommand::Create { name, json } => {
-            let client = context::admin_client(ctx)?;
+            let client = credentials::client(ctx, Need::Admin)?;
             report(client.call(Method::POST, "/v1/projects", Some(&json!({"name": name})), None).await, json, |p| {
-                println!("created project {} ({})", text(&p["name"]), text(&p["id"]));
+                outln!("created project {} ({})", text(&p["name"]), text(&p["id"]));
             })
         }
         ProjectsCommand::List { json } => {
-            // The admin credential when this machine has it, else the API key.
-            let client = context::admin_client(ctx).or_else(|_| context::client(ctx))?;
+            // An explicit credential first (the admin token, else the API
+            // key), then the local server's admin token.
+            let client = credentials::client(ctx, Need::Either)?;
             match client.get("/v1/projects").await {
                 Ok(page) => {
                     let items = page["items"].as_array().cloned().unwrap_or_default();
@@ -207,7 +215,7 @@ pub async fn usage(
     to: Option<String>,
     json: bool,
 ) -> Result<ExitCode> {
-    let client = context::client(ctx)?;
+    let client = credentials::client(ctx, Need::ApiKey)?;
     let path = format!("/v1/usage{}", query(&[("projectId", project), ("from", from), ("to", to)]));
     Ok(report(client.get(&path).await, json, |u| {
         let items = u["items"].as_array().cloned().unwrap_or_default();
@@ -221,7 +229,7 @@ pub async fn usage(
                 ("USD", "amountUsd"),
             ],
         );
-        println!(
+        outln!(
             "total: {} compute_unit_seconds, ${}",
             text(&u["totals"]["computeUnitSeconds"]),
             text(&u["totals"]["amountUsd"])
@@ -231,7 +239,7 @@ pub async fn usage(
 
 pub async fn audit(ctx: &Context, cmd: AuditCommand) -> Result<ExitCode> {
     let AuditCommand::List { project, action, actor, outcome, limit, admin, json } = cmd;
-    let client = if admin { context::admin_client(ctx)? } else { context::client(ctx)? };
+    let client = credentials::client(ctx, if admin { Need::Admin } else { Need::ApiKey })?;
     let path = format!(
         "/v1/audit-events{}",
         query(&[

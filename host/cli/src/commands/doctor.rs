@@ -8,12 +8,13 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 use crate::context::Context;
+use crate::outln;
 
 #[derive(clap::Args)]
 pub struct Args {}
 
 fn line(ok: bool, what: &str, detail: impl std::fmt::Display) -> bool {
-    println!("{}  {what:<22} {detail}", if ok { "ok  " } else { "FAIL" });
+    outln!("{}  {what:<22} {detail}", if ok { "ok  " } else { "FAIL" });
     ok
 }
 
@@ -45,7 +46,7 @@ pub async fn run(ctx: &Context, _args: Args) -> Result<ExitCode> {
             if e.enforced {
                 line(true, &format!("  {}", e.name), &e.detail);
             } else {
-                println!("warn  {:<22} NOT ENFORCED: {}", format!("  {}", e.name), e.detail);
+                outln!("warn  {:<22} NOT ENFORCED: {}", format!("  {}", e.name), e.detail);
             }
         }
         line(true, "  scheduling", sbx.config().scheduling_note());
@@ -151,7 +152,7 @@ fn installation_lines(sbx: &crownest_sandbox::SandboxHost) {
                 if shape.failures_in_a_row == 0 {
                     line(true, "    shape", detail);
                 } else {
-                    println!("warn  {:<22} {detail}", "    shape");
+                    outln!("warn  {:<22} {detail}", "    shape");
                 }
             }
         }

@@ -13,6 +13,7 @@ use serde_json::json;
 
 use crate::commands::print_table;
 use crate::context::Context;
+use crate::outln;
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -95,7 +96,7 @@ fn list(ctx: &Context, json: bool) -> Result<ExitCode> {
     let infos = set.infos();
     if json {
         let data: Vec<_> = infos.iter().map(|p| info_json(p)).collect();
-        println!("{}", json!({ "data": data }));
+        outln!("{}", json!({ "data": data }));
         return Ok(ExitCode::SUCCESS);
     }
     let mut rows = vec![["KIND", "NAME", "SOURCE", "WIT", "SHA256", "GRANTS"].map(String::from).to_vec()];
@@ -131,19 +132,16 @@ async fn check(kind: PluginKind, file: String, opts: CheckOptions, json: bool) -
             .iter()
             .map(|c| json!({"name": c.name, "passed": c.passed, "detail": c.detail, "elapsedMs": c.elapsed.as_secs_f64() * 1000.0}))
             .collect();
-        println!(
-            "{}",
-            json!({"data": {"kind": kind.name(), "file": file, "passed": report.passed(), "checks": checks}})
-        );
+        outln!("{}", json!({"data": {"kind": kind.name(), "file": file, "passed": report.passed(), "checks": checks}}));
     } else {
-        println!("conformance: {} world, {}", kind, report.source);
+        outln!("conformance: {} world, {}", kind, report.source);
         let width = report.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
         for c in &report.checks {
             let status = if c.passed { "PASS" } else { "FAIL" };
-            println!("{status}  {:width$}  {}", c.name, c.detail);
+            outln!("{status}  {:width$}  {}", c.name, c.detail);
         }
         let failed = report.checks.iter().filter(|c| !c.passed).count();
-        println!("{} passed, {} failed", report.checks.len() - failed, failed);
+        outln!("{} passed, {} failed", report.checks.len() - failed, failed);
     }
     Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

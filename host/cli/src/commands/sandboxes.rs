@@ -6,8 +6,11 @@ use anyhow::Result;
 use clap::Subcommand;
 use reqwest::Method;
 
-use crate::commands::workspace_runs::report;
-use crate::context::{self, Context};
+use crate::commands::workspace_runs::{report, text};
+use crate::context::Context;
+use crate::credentials::{self, Need};
+use crate::display::safe;
+use crate::outln;
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -21,8 +24,8 @@ pub enum Command {
 
 pub async fn run(ctx: &Context, cmd: Command) -> Result<ExitCode> {
     let Command::Kill { sandbox_id, json } = cmd;
-    let client = context::client(ctx)?;
+    let client = credentials::client(ctx, Need::ApiKey)?;
     Ok(report(client.call(Method::POST, &format!("/v1/sandboxes/{sandbox_id}/kill"), None, None).await, json, |v| {
-        println!("{} destroyed ({})", sandbox_id, v["reason"].as_str().unwrap_or(""));
+        outln!("{} destroyed ({})", safe(&sandbox_id), text(v, "reason"));
     }))
 }

@@ -1,22 +1,32 @@
-//! `crownest serve`: the server. Loads and checks the plugins, opens the
-//! store (creating org `default`, project `default`, an admin token and an API
-//! key on first start), fails and reaps whatever a previous process left
-//! active, and serves the API until stopped.
+//! `crownest serve`: the server. Binds its address first (a bad or busy
+//! address fails at once), loads and checks the plugins, opens the store
+//! (creating org `default`, project `default`, an admin token and an API
+//! key on first start, written to `credentials.json` only), fails and reaps
+//! whatever a previous process left active, writes `server.json` (its pid
+//! and URL, for the CLI) and serves the API until stopped.
 
+use std::fmt::Display;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
+use crownest_core::config::Config;
 use crownest_core::ports::{ArtifactStore, AuthScoper, Meter, RuntimeProvider};
 use crownest_core::runs::Store;
 use crownest_core::runs::executor::{Backends, Executor, ExecutorSettings};
 use crownest_core::runs::hub::EventHub;
 use crownest_core::runs::metering::Metering;
 use crownest_core::runs::output::OutputSettings;
+use crownest_plugins::{PluginHost, PluginSet};
 use crownest_server::{AppState, Limits};
+use tokio::net::TcpListener;
 
+use crate::commands::prefix;
 use crate::context::Context;
+use crate::local_server::{self, Credentials};
+use crate::{errln, logging};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,63 +35,103 @@ pub struct Args {
     listen: Option<String>,
 }
 
-/// Credentials written on first start, for the CLI and for people.
-fn write_credentials(dir: &std::path::Path, b: &crownest_core::runs::store::Bootstrap) -> Result<std::path::PathBuf> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join("credentials.json");
-    let body = serde_json::json!({
-        "apiKey": b.api_key, "adminToken": b.admin_token, "orgId": b.org_id, "projectId": b.project_id,
-    });
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(serde_json::to_string_pretty(&body)?.as_bytes())?;
-    f.sync_all()?;
-    Ok(path)
+/// A start-up note for the operator: a `crownest: …` line on stderr, or an
+/// info event when logs are JSON (so a log shipper reads one format).
+fn note(message: impl Display) {
+    if logging::is_json() {
+        tracing::info!(target: "crownest::serve", "{message}");
+    } else {
+        errln!("crownest: {message}");
+    }
+}
+
+/// Bind `listen` (`host:port`), or say what to write instead.
+async fn bind(listen: &str) -> Result<TcpListener> {
+    let hint = "set `listen` in the config (or --listen) to host:port, e.g. 127.0.0.1:7878 or 0.0.0.0:7878";
+    let addrs: Vec<std::net::SocketAddr> = match tokio::net::lookup_host(listen).await {
+        Ok(addrs) => addrs.collect(),
+        Err(e) => anyhow::bail!("cannot listen on `{listen}`: not an address ({e}); {hint}"),
+    };
+    if addrs.is_empty() {
+        anyhow::bail!("cannot listen on `{listen}`: it resolves to no address; {hint}");
+    }
+    TcpListener::bind(&addrs[..]).await.with_context(|| format!("cannot listen on `{listen}`"))
 }
 
 pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
     let config = ctx.config()?;
-    let mut signals = super::shutdown::Signals::install()?;
-    let (stop_streams, streams_stop) = tokio::sync::watch::channel(false);
     let listen = args.listen.or(config.listen.clone()).unwrap_or_else(|| "127.0.0.1:7878".into());
+    // The address first: nothing is loaded or started yet when it fails.
+    // (A failure after the sandbox pool started used to panic as the
+    // runtime shut down under its standby starts.)
+    let listener = bind(&listen).await?;
     let data_dir = ctx.prepare_data_dir(&config)?;
     let store = Store::open(&data_dir).context("cannot open the database")?;
     if let Some(b) = store.bootstrap().context("cannot initialize the database")? {
-        let path = write_credentials(&data_dir, &b)?;
-        eprintln!("crownest: first start: created org `default`, project `default` and an API key.");
-        eprintln!("crownest: API key (shown once; also in {}, mode 0600):", path.display());
-        println!("{}", b.api_key);
+        // Never to stdout or the log: under systemd both land in the journal.
+        let creds = Credentials {
+            api_key: b.api_key.clone(),
+            admin_token: b.admin_token.clone(),
+            org_id: b.org_id.clone(),
+            project_id: b.project_id.clone(),
+        };
+        let path = local_server::write_credentials(&data_dir, &creds)?;
+        note(format_args!(
+            "first start: created org `default`, project `default`, an admin token and an API key, written to {} (mode 0600)",
+            path.display()
+        ));
     }
-
     let (host, set) = ctx.load_plugins_serving(&config)?;
-    eprintln!("crownest: data directory {}", data_dir.display());
+    let served = serve(&config, &data_dir, store, &host, set, listener).await;
+    if served.is_err() {
+        // A failed start: no standby start may still be running when the
+        // runtime shuts down (it used to panic under one).
+        close_standbys(&host).await;
+    }
+    served
+}
+
+/// Destroy the standby sandboxes, waiting for those being started.
+async fn close_standbys(host: &PluginHost) {
+    if let Some(sbx) = host.sandbox() {
+        let sbx = sbx.clone();
+        let _ = tokio::task::spawn_blocking(move || sbx.close_standbys()).await;
+    }
+}
+
+async fn serve(
+    config: &Config,
+    data_dir: &Path,
+    store: Store,
+    host: &PluginHost,
+    set: PluginSet,
+    listener: TcpListener,
+) -> Result<ExitCode> {
+    let mut signals = super::shutdown::Signals::install()?;
+    let (stop_streams, streams_stop) = tokio::sync::watch::channel(false);
+    note(format_args!("data directory {}", data_dir.display()));
     if let Some(sbx) = host.sandbox() {
         // This process now serves the installation: its previous process's
         // standbys are dead; nobody else's are touched.
         let reaper = sbx.clone();
         tokio::task::spawn_blocking(move || reaper.reap_standbys()).await?;
-        eprintln!("crownest: installation {}: sandboxes in {}", sbx.config().installation, sbx.cells_root().display());
+        note(format_args!("installation {}: sandboxes in {}", sbx.config().installation, sbx.cells_root().display()));
         let r = sbx.report();
-        eprintln!("crownest: sandbox: cgroups {}, bubblewrap {}", r.cgroup_mode, r.bwrap_version);
+        note(format_args!("sandbox: cgroups {}, bubblewrap {}", r.cgroup_mode, r.bwrap_version));
         for e in &r.enforcement {
             let state = if e.enforced { "enforced" } else { "NOT ENFORCED" };
-            eprintln!("crownest:   {:<11} {state}: {}", e.name, e.detail);
+            note(format_args!("  {:<11} {state}: {}", e.name, e.detail));
         }
         match sbx.config().warm_standby {
-            0 => eprintln!("crownest:   standby     off (sandbox.warm_standby = 0): every sandbox starts cold"),
-            n => eprintln!(
-                "crownest:   standby     {n} started sandbox(es) kept per template shape (sandbox.warm_standby)"
-            ),
+            0 => note("  standby     off (sandbox.warm_standby = 0): every sandbox starts cold"),
+            n => note(format_args!(
+                "  standby     {n} started sandbox(es) kept per template shape (sandbox.warm_standby)"
+            )),
         }
-        eprintln!("crownest:   scheduling  {}", sbx.config().scheduling_note());
+        note(format_args!("  scheduling  {}", sbx.config().scheduling_note()));
     }
     for p in set.infos() {
-        eprintln!("crownest: {:<16} {} ({}, sha256 {})", p.kind.name(), p.name, p.source, &p.sha256[..12]);
+        note(format_args!("{:<16} {} ({}, sha256 {})", p.kind.name(), p.name, p.source, prefix(&p.sha256, 12)));
     }
     let runtime: Arc<dyn RuntimeProvider> =
         Arc::new(set.runtime_provider.context("no runtime provider is configured")?);
@@ -127,9 +177,9 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
     executor.watch_meter_stops();
     let recovered = executor.recover().await.context("crash recovery failed")?;
     if recovered > 0 {
-        eprintln!(
-            "crownest: {recovered} run(s) were active when the server last stopped: marked failed (host_restarted)"
-        );
+        note(format_args!(
+            "{recovered} run(s) were active when the server last stopped: marked failed (host_restarted)"
+        ));
     }
     let shutdown_executor = executor.clone();
     let transfers_dir = data_dir.join("transfers");
@@ -176,9 +226,15 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
     });
 
     let metrics_state = state.clone();
-    let listener =
-        tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    eprintln!("crownest: serving the API on http://{}", listener.local_addr()?);
+    let addr = listener.local_addr().context("cannot read the address the server listens on")?;
+    let url = local_server::url_for(addr);
+    // For the CLI on this machine (`--data-dir` without a URL); removed
+    // when this function returns.
+    let _server_file = local_server::write_server_file(data_dir, &url)?;
+    note(format_args!(
+        "serving the API on http://{addr} (for the CLI: {url}, in {})",
+        local_server::server_file_path(data_dir).display()
+    ));
     // Events are many small writes: without TCP_NODELAY, Nagle's algorithm
     // and the client's delayed ACK stall each one by up to 40 ms.
     use axum::serve::ListenerExt;
@@ -189,23 +245,23 @@ pub async fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
         let metrics = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
-        eprintln!("crownest: serving metrics on http://{}/metrics", metrics.local_addr()?);
+        note(format_args!("serving metrics on http://{}/metrics", metrics.local_addr()?));
         let app = crownest_server::metrics_router(metrics_state);
         tokio::spawn(async move { axum::serve(metrics, app).await });
     }
     let deadline = Duration::from_secs(config.shutdown_timeout_secs);
     super::shutdown::serve(listener, crownest_server::router(state), &mut signals, stop_streams, deadline).await?;
+    // Runs in flight end as `host_restarted` now, before anything they
+    // use is torn down (their sandboxes would die with us and be reported
+    // as their commands' results).
     let grace = Duration::from_millis(config.sandbox.kill_grace_ms) + Duration::from_secs(2);
     let ended = tokio::select! {
         n = shutdown_executor.shutdown(grace) => n,
         _ = signals.next() => super::shutdown::exit_now(),
     };
     if ended > 0 {
-        eprintln!("crownest: {ended} active run(s) failed (host_restarted): the server stopped while they ran");
+        note(format_args!("{ended} active run(s) failed (host_restarted): the server stopped while they ran"));
     }
-    if let Some(sbx) = host.sandbox() {
-        let sbx = sbx.clone();
-        let _ = tokio::task::spawn_blocking(move || sbx.close_standbys()).await;
-    }
+    close_standbys(host).await;
     Ok(ExitCode::SUCCESS)
 }

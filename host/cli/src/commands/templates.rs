@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::commands::print_table;
 use crate::context::Context;
+use crate::outln;
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -43,7 +44,7 @@ pub async fn run(ctx: &Context, cmd: Command) -> Result<ExitCode> {
                 })
             })
             .collect();
-        println!("{}", json!({ "data": data }));
+        outln!("{}", json!({ "data": data }));
         return Ok(ExitCode::SUCCESS);
     }
     let mut rows = vec![["TEMPLATE", "USABLE", "CU/S", "NETWORK", "DIGEST", "DESCRIPTION"].map(String::from).to_vec()];
@@ -56,7 +57,7 @@ pub async fn run(ctx: &Context, cmd: Command) -> Result<ExitCode> {
             },
             t.compute_units.to_string(),
             if t.network_egress { "egress".into() } else { "none".into() },
-            t.digest[..12].to_string(),
+            crate::commands::prefix(&t.digest, 12).to_string(),
             t.description.clone(),
         ]);
     }
