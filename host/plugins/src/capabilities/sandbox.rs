@@ -166,7 +166,7 @@ impl wit::HostCell for PluginState {
         let result = self
             .blocking(move || {
                 let mut progress = |bytes, entries| sink(bytes, entries);
-                cell.extract(reader, &dest, budgets, &mut progress)
+                cell.extract(reader, &dest, budgets, crownest_sandbox::ExtractOptions::default(), &mut progress)
             })
             .await?;
         Ok(result
