@@ -182,6 +182,13 @@ impl EventType {
     }
 }
 
+/// `data` of an `archive_progress` event reporting an archive entry the
+/// extraction left out: `{"warning": {"entry", "reason"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveWarningEvent {
+    pub warning: crate::ports::ArchiveWarning,
+}
+
 /// A stored event. For output events `data` holds `{offset, bytes, sha256,
 /// truncated?}` into the run's output log; readers add the content.
 #[derive(Debug, Clone, PartialEq)]
