@@ -299,13 +299,6 @@ impl Extraction<'_> {
                     Ok(()) => {
                         meta::chown_at(&dir, name, self.owner)
                             .map_err(|e| ExtractError::Io(format!("chown `{shown}`: {e}")))?;
-                        // Owner-writable while its contents are written
-                        // (the umask could say otherwise); the archive's
-                        // mode comes last.
-                        if self.umask & 0o700 != 0 {
-                            dir.set_permissions(name_os, Permissions::from_mode(0o700))
-                                .map_err(|e| ExtractError::Io(format!("setting the mode of `{shown}`: {e}")))?;
-                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                         let meta = dir.symlink_metadata(name_os).map_err(|e| ExtractError::Io(e.to_string()))?;
@@ -315,6 +308,11 @@ impl Extraction<'_> {
                     }
                     Err(e) => return Err(ExtractError::Io(format!("creating `{shown}`: {e}"))),
                 }
+                // While extracting: the archive's mode for group and others
+                // (a 700 directory stays private from the start), writable
+                // by its owner so its contents fit. The exact mode comes last.
+                dir.set_permissions(name_os, Permissions::from_mode(mode | 0o700))
+                    .map_err(|e| ExtractError::Io(format!("setting the mode of `{shown}`: {e}")))?;
                 self.dirs.record(&parts, mode, member.mtime);
             }
             Kind::Symlink => {

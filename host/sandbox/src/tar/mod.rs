@@ -96,8 +96,9 @@ pub struct Reader<R> {
     /// Data of the current member not read yet, then its block padding.
     left: u64,
     pad: u64,
-    /// Records of the global headers seen so far.
+    /// Records of the global headers seen so far, and what they override.
     globals: Records,
+    global_overrides: Overrides,
     /// Bytes consumed, for error messages.
     offset: u64,
     done: bool,
@@ -105,7 +106,15 @@ pub struct Reader<R> {
 
 impl<R: BufRead> Reader<R> {
     pub fn new(src: R) -> Self {
-        Reader { src, left: 0, pad: 0, globals: Records::default(), offset: 0, done: false }
+        Reader {
+            src,
+            left: 0,
+            pad: 0,
+            globals: Records::default(),
+            global_overrides: Overrides::default(),
+            offset: 0,
+            done: false,
+        }
     }
 
     /// The next member, or `None` at the end of the archive. Data of the
@@ -161,7 +170,14 @@ impl<R: BufRead> Reader<R> {
                         reason: format!("a malformed extended header: {e}"),
                     })?;
                     if t == b'g' {
-                        self.globals.merge_global(records);
+                        let refuse = |e: String| TarError::Member {
+                            entry: h.name(),
+                            reason: format!("global extended header: {e}"),
+                        };
+                        self.globals.merge_global(records).map_err(refuse)?;
+                        let mut over = Overrides::default();
+                        over.apply(&self.globals).map_err(refuse)?;
+                        self.global_overrides = over;
                     } else {
                         local = Some(records);
                     }
@@ -184,8 +200,7 @@ impl<R: BufRead> Reader<R> {
         let mut path = long_name.unwrap_or_else(|| h.name());
         let refuse = |path: &[u8], reason: String| TarError::Member { entry: path.to_vec(), reason };
         let mode = h.mode().map_err(|e| bad_number(h, e))?;
-        let mut over = Overrides::default();
-        over.apply(&self.globals).map_err(|e| refuse(&path, format!("global extended header: {e}")))?;
+        let mut over = self.global_overrides.clone();
         if let Some(local) = &local {
             over.apply(local).map_err(|e| refuse(&path, format!("extended header: {e}")))?;
         }

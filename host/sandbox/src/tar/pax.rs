@@ -6,6 +6,10 @@
 
 use super::Mtime;
 
+/// Keywords in force from global headers at most: real archives carry one
+/// or two (`git archive` a comment).
+pub const MAX_GLOBAL_RECORDS: usize = 1024;
+
 /// The records of one extended header, in order (GNU's sparse 0.0 form
 /// repeats keywords, so a map would lose them).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -42,14 +46,17 @@ impl Records {
     }
 
     /// Global records accumulate; a later value replaces an earlier one and
-    /// an empty value removes the keyword (POSIX).
-    pub fn merge_global(&mut self, newer: Records) {
-        for (k, v) in newer.0 {
-            self.0.retain(|(old, _)| *old != k);
-            if !v.is_empty() {
-                self.0.push((k, v));
-            }
+    /// an empty value removes the keyword (POSIX). In time linear in both
+    /// (a hostile archive can send many), and at most [`MAX_GLOBAL_RECORDS`]
+    /// in force.
+    pub fn merge_global(&mut self, newer: Records) -> Result<(), String> {
+        let latest: std::collections::HashMap<Vec<u8>, Vec<u8>> = newer.0.into_iter().collect();
+        self.0.retain(|(k, _)| !latest.contains_key(k));
+        self.0.extend(latest.into_iter().filter(|(_, v)| !v.is_empty()));
+        if self.0.len() > MAX_GLOBAL_RECORDS {
+            return Err(format!("global extended headers with more than {MAX_GLOBAL_RECORDS} keywords"));
         }
+        Ok(())
     }
 }
 
@@ -161,12 +168,17 @@ pub(crate) mod tests {
     #[test]
     fn globals_accumulate_and_an_empty_value_deletes() {
         let mut g = Records::default();
-        g.merge_global(parsed(&[("path", "one"), ("comment", "x")]));
-        g.merge_global(parsed(&[("path", "two")]));
+        g.merge_global(parsed(&[("path", "one"), ("comment", "x")])).unwrap();
+        g.merge_global(parsed(&[("path", "two"), ("mtime", "1"), ("mtime", "2")])).unwrap();
         assert_eq!(g.get(b"path"), Some(&b"two"[..]));
-        g.merge_global(parsed(&[("path", "")]));
+        assert_eq!(g.get(b"mtime"), Some(&b"2"[..]), "the last of a repeated keyword");
+        assert_eq!(g.0.len(), 3, "one record per keyword");
+        g.merge_global(parsed(&[("path", "")])).unwrap();
         assert_eq!(g.get(b"path"), None);
         assert_eq!(g.get(b"comment"), Some(&b"x"[..]));
+        let many: Vec<(String, String)> = (0..=MAX_GLOBAL_RECORDS).map(|i| (format!("k{i}"), "v".into())).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert!(g.merge_global(parsed(&many)).is_err());
     }
 
     #[test]
