@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use crownest_core::config::{Config, Grants, PluginConfig};
 use crownest_core::kv::SqliteKv;
-use crownest_core::ports::{ByteStream, ExecSpec, ExitStatus, RuntimeProvider, Sandbox, SandboxLimits, SandboxSpec};
+use crownest_core::ports::{
+    ByteStream, ExecSpec, ExitStatus, ExtractProgress, RuntimeProvider, Sandbox, SandboxLimits, SandboxSpec,
+};
 use crownest_core::{ErrorKind, PluginKind};
 use crownest_plugins::kinds::WasmRuntimeProvider;
 use crownest_plugins::{PluginHost, PluginSource};
@@ -29,6 +31,9 @@ impl Drop for Env {
         let mut cfg = SandboxConfig::defaults(env!("CARGO_BIN_EXE_crownest-jail").into());
         cfg.root = self.root.clone();
         if let Ok(host) = SandboxHost::new(cfg) {
+            // Standbys the test's providers started are nobody's cells:
+            // reaped as a restarted server reaps them.
+            host.reap_standbys();
             for id in host.list_cells("runtime_provider") {
                 if let Ok(cell) = host.open_cell("runtime_provider", &id) {
                     let _ = cell.destroy();
@@ -114,7 +119,7 @@ async fn a_repo_archive_runs_in_python_node_and_its_outputs_can_be_exported() {
         .extract_archive(
             Box::new(std::io::Cursor::new(archive)) as ByteStream,
             "/workspace",
-            Box::new(move |b, e| s2.lock().unwrap().push((b, e))),
+            ExtractProgress::new(move |b, e| s2.lock().unwrap().push((b, e))),
         )
         .await
         .unwrap();
@@ -165,16 +170,68 @@ async fn hostile_archives_are_refused_naming_the_entry() {
     std::io::Write::write_all(&mut gz, &raw).unwrap();
     let archive = gz.finish().unwrap();
     let e = sbx
-        .extract_archive(Box::new(std::io::Cursor::new(archive)), "/workspace", Box::new(|_, _| {}))
+        .extract_archive(Box::new(std::io::Cursor::new(archive)), "/workspace", ExtractProgress::default())
         .await
         .err()
         .unwrap();
     assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
     assert!(e.message.contains("`../../escape`") && e.message.contains(".."), "{e}");
-    let e =
-        sbx.extract_archive(Box::new(&b"not gzip at all"[..]), "/workspace", Box::new(|_, _| {})).await.err().unwrap();
+    let e = sbx
+        .extract_archive(Box::new(&b"not gzip at all"[..]), "/workspace", ExtractProgress::default())
+        .await
+        .err()
+        .unwrap();
     assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
     assert!(e.message.contains("not a valid .tar.gz"), "{e}");
+    sbx.destroy().await.unwrap();
+}
+
+/// An archive whose symlink points outside: the entry is left out and
+/// reported through the port (the rest extracted), or, strict, refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_escaping_symlink_is_reported_or_refused_when_strict() {
+    let env = Env::new();
+    let p = env.provider(&[]);
+    let sbx = p.create_sandbox(&spec("base")).await.unwrap();
+    let mut raw = Vec::new();
+    let mut link = tar::Header::new_gnu();
+    link.as_old_mut().name[..6].copy_from_slice(b"passwd");
+    link.as_old_mut().linkname[..11].copy_from_slice(b"/etc/passwd");
+    link.set_entry_type(tar::EntryType::Symlink);
+    link.set_mode(0o777);
+    link.set_cksum();
+    raw.extend_from_slice(link.as_bytes());
+    let mut file = tar::Header::new_gnu();
+    file.set_path("kept.txt").unwrap();
+    file.set_size(4);
+    file.set_mode(0o644);
+    file.set_cksum();
+    raw.extend_from_slice(file.as_bytes());
+    raw.extend_from_slice(b"kept");
+    raw.resize(raw.len().div_ceil(512) * 512 + 1024, 0);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &raw).unwrap();
+    let archive = gz.finish().unwrap();
+
+    let warnings = Arc::new(Mutex::new(Vec::new()));
+    let w = warnings.clone();
+    let progress = ExtractProgress {
+        on_warning: Box::new(move |warning| w.lock().unwrap().push(warning)),
+        ..ExtractProgress::default()
+    };
+    let r = sbx.extract_archive(Box::new(std::io::Cursor::new(archive.clone())), "/workspace", progress).await;
+    assert_eq!(r.unwrap().entries, 2);
+    let warnings = warnings.lock().unwrap().clone();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].entry, "passwd");
+    assert!(warnings[0].reason.contains("absolute"), "{warnings:?}");
+    assert_eq!(run(sbx.as_ref(), "cat kept.txt; test -e passwd || echo absent").await.1, "keptabsent\n");
+
+    let strict = ExtractProgress { strict: true, ..ExtractProgress::default() };
+    let e =
+        sbx.extract_archive(Box::new(std::io::Cursor::new(archive)), "/workspace/again", strict).await.err().unwrap();
+    assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+    assert!(e.message.contains("`passwd`") && e.message.contains("absolute"), "{e}");
     sbx.destroy().await.unwrap();
 }
 

@@ -267,7 +267,7 @@ async fn main() {
         let started = Instant::now();
         let file = std::fs::File::open(archive).unwrap();
         let budgets = Budgets { max_total_bytes: 2 << 30, ..Budgets::default() };
-        let r = cell.extract(file, "", budgets, &mut |_, _| {}).unwrap();
+        let r = cell.extract(file, "", budgets, Default::default(), &mut |_, _| {}).unwrap();
         ours.push(started.elapsed());
         entries = r.entries;
         cell.destroy().unwrap();

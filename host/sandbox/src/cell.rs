@@ -18,7 +18,7 @@ use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
 use crate::bwrap::{self, SpecError};
 use crate::cgroup::Cgroup;
 use crate::export::{self, ExportError};
-use crate::extract::{self, Budgets, ExtractError, Report};
+use crate::extract::{self, Budgets, ExtractError, ExtractOptions, Report};
 use crate::host::SandboxHost;
 use crate::jail::JailOptions;
 use crate::limits::Limits;
@@ -389,6 +389,7 @@ impl Cell {
         archive: impl Read,
         dest: &str,
         budgets: Budgets,
+        options: ExtractOptions,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Report, CellError> {
         let root = self.workspace_dir()?;
@@ -412,7 +413,7 @@ impl Cell {
             })
             .map_err(|e| CellError::Invalid(format!("destination `{dest}`: {e}")))?
         };
-        Ok(extract::extract_tar_gz(archive, &target, budgets, self.owner(), progress)?)
+        Ok(extract::extract_tar_gz_with(archive, &target, budgets, self.owner(), options, progress)?)
     }
 
     /// Open a regular file below the workspace for export.

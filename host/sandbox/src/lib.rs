@@ -20,11 +20,12 @@ pub mod process;
 pub mod seccomp;
 pub mod spawner;
 pub mod spec;
+pub mod tar;
 pub mod uids;
 pub mod warm;
 
 pub use cell::{Cell, CellError, CellRecord, Spawned};
-pub use extract::{Budgets, ExtractError, Report as ExtractReport};
+pub use extract::{Budgets, ExtractError, ExtractOptions, Report as ExtractReport, Skipped};
 pub use host::{DEFAULT_UID_LEASE_DIR, Enforcement, HostReport, SandboxConfig, SandboxHost, valid_installation_id};
 pub use limits::Limits;
 pub use process::{ExitStatus, Outcome, ProcessTree};

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use crownest_sandbox::export::{ExportError, open_export};
-use crownest_sandbox::extract::{Budgets, ExtractError, extract_tar_gz};
+use crownest_sandbox::extract::{Budgets, ExtractError, ExtractOptions, extract_tar_gz, extract_tar_gz_with};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 
@@ -80,6 +80,14 @@ impl Ws {
 
     fn extract(&self, archive: &[u8], budgets: Budgets) -> Result<crownest_sandbox::ExtractReport, ExtractError> {
         extract_tar_gz(archive, &self.dir(), budgets, None, &mut |_, _| {})
+    }
+
+    fn extract_with(
+        &self,
+        archive: &[u8],
+        options: ExtractOptions,
+    ) -> Result<crownest_sandbox::ExtractReport, ExtractError> {
+        extract_tar_gz_with(archive, &self.dir(), Budgets::default(), None, options, &mut |_, _| {})
     }
 
     /// Everything that exists next to the workspace (must stay just `workspace`).
@@ -164,22 +172,42 @@ fn absolute_paths_are_refused() {
     assert_eq!(ws.outside(), ["workspace"]);
 }
 
+/// A symlink pointing out of the workspace is left out with a warning
+/// naming it (the rest is extracted), or refuses the archive in strict mode.
 #[test]
-fn symlinks_out_and_writes_through_symlinks_are_refused() {
-    let ws = Ws::new();
-    let link = |name: &'static str, to: &'static str| E {
-        name: name.as_bytes(),
-        kind: b'2',
-        data: b"",
-        link: to.as_bytes(),
-        mode: 0o777,
-    };
-    refused(ws.extract(&gz(&raw_tar(&[link("esc", "..")])), Budgets::default()), "esc", "outside");
-    refused(ws.extract(&gz(&raw_tar(&[link("deep/esc", "../../x")])), Budgets::default()), "deep/esc", "outside");
-    refused(ws.extract(&gz(&raw_tar(&[link("pw", "/etc/passwd")])), Budgets::default()), "pw", "absolute");
+fn symlinks_out_are_skipped_or_refused_in_strict_mode() {
+    let cases = [("esc", "..", "outside"), ("deep/esc", "../../x", "outside"), ("pw", "/etc/passwd", "absolute")];
+    for (name, to, why) in cases {
+        let archive = gz(&raw_tar(&[file("before.txt", b"1"), link(name, to), file("after.txt", b"2")]));
+        let ws = Ws::new();
+        let report = ws.extract(&archive, Budgets::default()).unwrap();
+        assert_eq!(report.skipped.len(), 1, "{report:?}");
+        assert_eq!(report.skipped[0].entry, name);
+        assert!(report.skipped[0].reason.contains(why), "{:?}", report.skipped[0]);
+        let root = ws.outer.path().join("workspace");
+        assert!(std::fs::symlink_metadata(root.join(name)).is_err(), "`{name}` was not created");
+        assert_eq!(std::fs::read(root.join("after.txt")).unwrap(), b"2", "the rest is extracted");
+        let strict = Ws::new();
+        refused(strict.extract_with(&archive, ExtractOptions { strict: true }), name, why);
+        for w in [&ws, &strict] {
+            assert_eq!(w.outside(), ["workspace"]);
+        }
+    }
+}
+
+fn link<'a>(name: &'a str, to: &'a str) -> E<'a> {
+    E { name: name.as_bytes(), kind: b'2', data: b"", link: to.as_bytes(), mode: 0o777 }
+}
+
+fn hard<'a>(name: &'a str, to: &'a str) -> E<'a> {
+    E { name: name.as_bytes(), kind: b'1', data: b"", link: to.as_bytes(), mode: 0o644 }
+}
+
+#[test]
+fn writes_through_or_over_symlinks_are_refused() {
     // A symlink inside the workspace, then a file "through" it.
-    let ws2 = Ws::new();
-    let r = ws2.extract(
+    let ws = Ws::new();
+    let r = ws.extract(
         &gz(&raw_tar(&[
             E { name: b"sub/", kind: b'5', data: b"", link: b"", mode: 0o755 },
             link("via", "sub"),
@@ -188,29 +216,69 @@ fn symlinks_out_and_writes_through_symlinks_are_refused() {
         Budgets::default(),
     );
     refused(r, "via/f.txt", "symlink");
-    // A file replacing a symlink of the same name.
+    // A file, or a hardlink, replacing a symlink of the same name.
+    let ws2 = Ws::new();
+    let r = ws2.extract(&gz(&raw_tar(&[link("same", "x"), file("same", b"data")])), Budgets::default());
+    refused(r, "same", "symlink");
     let ws3 = Ws::new();
-    refused(
-        ws3.extract(&gz(&raw_tar(&[link("same", "x"), file("same", b"data")])), Budgets::default()),
-        "same",
-        "symlink",
-    );
+    let r = ws3.extract(&gz(&raw_tar(&[file("f", b"1"), link("same", "f"), hard("same", "f")])), Budgets::default());
+    refused(r, "same", "symlink");
     for w in [&ws, &ws2, &ws3] {
         assert_eq!(w.outside(), ["workspace"]);
     }
 }
 
 #[test]
-fn hardlinks_devices_and_fifos_are_refused() {
+fn devices_fifos_and_hardlinks_out_are_refused() {
     let ws = Ws::new();
-    let hard = E { name: b"hard", kind: b'1', data: b"", link: b"/etc/passwd", mode: 0o644 };
-    refused(ws.extract(&gz(&raw_tar(&[hard])), Budgets::default()), "hard", "hardlinks");
+    refused(ws.extract(&gz(&raw_tar(&[hard("hard", "/etc/passwd")])), Budgets::default()), "hard", "hardlink target");
+    refused(ws.extract(&gz(&raw_tar(&[hard("up", "../secret")])), Budgets::default()), "up", "hardlink target");
     let dev = E { name: b"null", kind: b'3', data: b"", link: b"", mode: 0o666 };
     refused(ws.extract(&gz(&raw_tar(&[dev])), Budgets::default()), "null", "device");
     let blk = E { name: b"sda", kind: b'4', data: b"", link: b"", mode: 0o666 };
     refused(ws.extract(&gz(&raw_tar(&[blk])), Budgets::default()), "sda", "device");
     let fifo = E { name: b"pipe", kind: b'6', data: b"", link: b"", mode: 0o666 };
     refused(ws.extract(&gz(&raw_tar(&[fifo])), Budgets::default()), "pipe", "FIFO");
+    assert_eq!(ws.outside(), ["workspace"]);
+}
+
+/// GNU tar recreates hardlinks; so do we, to a regular file extracted
+/// before the link, and to nothing else.
+#[test]
+fn hardlinks_to_earlier_regular_files_are_made() {
+    use std::os::unix::fs::MetadataExt;
+    let ws = Ws::new();
+    let big = vec![9u8; 300 * 1024];
+    ws.extract(
+        &gz(&raw_tar(&[
+            file("a/orig.txt", b"shared"),
+            hard("b/link.txt", "a/orig.txt"),
+            E { name: b"big.bin", kind: b'0', data: &big, link: b"", mode: 0o600 },
+            hard("big-link", "./big.bin"),
+            // A later entry of the linked name is a new file: the link keeps
+            // the old content, as with GNU tar.
+            file("a/orig.txt", b"replaced"),
+        ])),
+        Budgets::default(),
+    )
+    .unwrap();
+    let root = ws.outer.path().join("workspace");
+    assert_eq!(std::fs::read(root.join("b/link.txt")).unwrap(), b"shared");
+    assert_eq!(std::fs::read(root.join("a/orig.txt")).unwrap(), b"replaced");
+    let (l, b) = (std::fs::metadata(root.join("big-link")).unwrap(), std::fs::metadata(root.join("big.bin")).unwrap());
+    assert_eq!((l.ino(), l.nlink()), (b.ino(), 2), "a real hardlink");
+
+    let dir = E { name: b"d/", kind: b'5', data: b"", link: b"", mode: 0o755 };
+    let refusals: [(Vec<E>, &str, &str); 4] = [
+        (vec![hard("early", "later.txt"), file("later.txt", b"x")], "early", "not a regular file extracted before it"),
+        (vec![dir, hard("to-dir", "d")], "to-dir", "not a regular file"),
+        (vec![link("s", "x"), hard("to-link", "s")], "to-link", "not a regular file"),
+        (vec![file("self", b"x"), hard("self", "self")], "self", "itself"),
+    ];
+    for (entries, name, why) in refusals {
+        let ws = Ws::new();
+        refused(ws.extract(&gz(&raw_tar(&entries)), Budgets::default()), name, why);
+    }
 }
 
 #[test]
@@ -269,7 +337,9 @@ fn a_gzip_bomb_hits_the_ratio_budget_while_streaming() {
     let bomb = enc.finish().unwrap();
     assert!(bomb.len() < 1 << 20, "a real bomb: {} bytes", bomb.len());
     match ws.extract(&bomb, Budgets::default()) {
-        Err(ExtractError::Budget(m)) => assert!(m.contains("compression ratio"), "{m}"),
+        Err(ExtractError::Budget(m)) => {
+            assert!(m.contains("compression ratio") && m.contains("archive_max_compression_ratio"), "{m}")
+        }
         other => panic!("{other:?}"),
     }
     let written = std::fs::metadata(ws.outer.path().join("workspace/zeros")).map(|m| m.len()).unwrap_or(0);

@@ -29,6 +29,7 @@ pub fn run(r: &Run) -> Value {
         "metadata": r.spec.metadata,
         "artifacts": r.spec.artifacts,
         "requireArtifacts": r.spec.require_artifacts,
+        "strictArchive": r.spec.strict_archive,
         "env": r.spec.env,
         "secretEnv": r.spec.secret_env,
         "archive": r.archive.as_ref().map(|a| json!({"sizeBytes": a.size_bytes, "sha256": a.sha256, "upload": a.upload, "uploadedAt": rfc3339(a.uploaded_at_ms)})),

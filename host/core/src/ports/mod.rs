@@ -13,8 +13,8 @@ pub use artifact_store::{ArtifactStore, ObjectInfo, PutRequest};
 pub use auth_scoper::{AuthRequest, AuthScoper, Decision, Principal, PrincipalKind};
 pub use meter::{Admission, Meter, MeterSubject, TickDecision, Usage, UsageQuery};
 pub use runtime::{
-    ExecSpec, Execution, ExitStatus, Outcome, ProcessHandle, RuntimeProvider, Sandbox, SandboxInfo, SandboxLimits,
-    SandboxSpec, TemplateInfo,
+    ArchiveWarning, ExecSpec, Execution, ExitStatus, ExtractProgress, Outcome, ProcessHandle, RuntimeProvider, Sandbox,
+    SandboxInfo, SandboxLimits, SandboxSpec, TemplateInfo,
 };
 
 /// A stream of bytes owned by whoever reads it.

@@ -5,6 +5,7 @@
 //! only consulted for short operations.
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 use super::ByteStream;
 use crate::error::PluginError;
@@ -91,8 +92,36 @@ pub struct Execution {
     pub stderr: ByteStream,
 }
 
-/// Progress of a long operation: (bytes, entries) so far.
-pub type ProgressFn = Box<dyn Fn(u64, u64) + Send + Sync>;
+/// An archive entry an extraction left out, and why (a symlink pointing
+/// outside the workspace, in a non-strict extraction).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveWarning {
+    pub entry: String,
+    pub reason: String,
+}
+
+/// What an extraction reports while it runs, and how strict it is.
+pub struct ExtractProgress {
+    /// (content bytes, entries) so far.
+    pub on_progress: Box<dyn Fn(u64, u64) + Send + Sync>,
+    /// Each entry left out.
+    pub on_warning: Box<dyn Fn(ArchiveWarning) + Send + Sync>,
+    /// Refuse the archive instead of leaving an entry out.
+    pub strict: bool,
+}
+
+impl ExtractProgress {
+    /// Progress to `on_progress`, warnings dropped, not strict.
+    pub fn new(on_progress: impl Fn(u64, u64) + Send + Sync + 'static) -> Self {
+        ExtractProgress { on_progress: Box::new(on_progress), on_warning: Box::new(|_| {}), strict: false }
+    }
+}
+
+impl Default for ExtractProgress {
+    fn default() -> Self {
+        ExtractProgress::new(|_, _| {})
+    }
+}
 
 /// Totals of an extraction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -110,7 +139,7 @@ pub trait Sandbox: Send + Sync {
         &self,
         archive: ByteStream,
         path: &str,
-        progress: ProgressFn,
+        progress: ExtractProgress,
     ) -> Result<ExtractReport, PluginError>;
     async fn exec(&self, spec: &ExecSpec) -> Result<Execution, PluginError>;
     /// Open a file for export: (content, size).

@@ -14,12 +14,15 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::error::{ErrorKind, PluginError};
-use crate::ports::{ArtifactStore, ExecSpec, ExitStatus, RuntimeProvider, Sandbox, SandboxLimits, SandboxSpec};
+use crate::ports::{
+    ArchiveWarning, ArtifactStore, ExecSpec, ExitStatus, ExtractProgress, RuntimeProvider, Sandbox, SandboxLimits,
+    SandboxSpec,
+};
 use crate::runs::collect::{CollectError, Collector};
 use crate::runs::evidence::StreamStats;
 use crate::runs::hub::EventHub;
 use crate::runs::metering::{Lease, Metering, stop_code};
-use crate::runs::model::{EventType, Run, RunStatus};
+use crate::runs::model::{ArchiveWarningEvent, EventType, Run, RunStatus};
 use crate::runs::output::{self, OutputSettings};
 use crate::runs::store::{AuditEvent, Finish, Store, Transition};
 
@@ -388,32 +391,32 @@ impl Executor {
         // report): an archive extracted sooner has only its final report,
         // one commit fewer before its command starts.
         let last = Arc::new(Mutex::new(Instant::now()));
-        // Each report is written by a task of its own (the extraction must
-        // not wait for the store), after the one before it: reports appear
-        // in order, and the final one waits for the last of them.
+        // The final report waits for the events written before it.
         let pending: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::default();
-        let reports = pending.clone();
-        let progress = Box::new(move |bytes: u64, entries: u64| {
+        let events = ArchiveEvents { store, hub, id, pending: pending.clone() };
+        let reports = events.clone();
+        let on_progress = move |bytes: u64, entries: u64| {
             let mut l = last.lock().unwrap_or_else(|e| e.into_inner());
             if l.elapsed() < Duration::from_millis(250) {
                 return;
             }
             *l = Instant::now();
-            let (store, hub, id) = (store.clone(), hub.clone(), id.clone());
-            let mut slot = reports.lock().unwrap_or_else(|e| e.into_inner());
-            let before = slot.take();
-            *slot = Some(tokio::spawn(async move {
-                if let Some(before) = before {
-                    let _ = before.await;
-                }
-                let data = json!({"contentBytes": bytes, "entries": entries, "archiveBytes": total});
-                if let Ok(evs) = store.append_events(id.clone(), vec![(EventType::ArchiveProgress, data)]).await
-                    && let Some(e) = evs.last()
-                {
-                    hub.notify(&id, e.seq);
-                }
-            }));
-        });
+            reports.append(json!({"contentBytes": bytes, "entries": entries, "archiveBytes": total}));
+        };
+        // Each entry left out (a symlink pointing outside the workspace) is
+        // an event of its own, before the final report.
+        let on_warning = move |warning: ArchiveWarning| {
+            events.append(serde_json::to_value(ArchiveWarningEvent { warning }).unwrap_or_default());
+        };
+        // Strict runs refuse such an archive instead. Not strict by default:
+        // a repository with one dangling absolute symlink (a dev machine's
+        // path) should still build. The one place this is decided.
+        let strict_archive = run.spec.strict_archive;
+        let progress = ExtractProgress {
+            on_progress: Box::new(on_progress),
+            on_warning: Box::new(on_warning),
+            strict: strict_archive,
+        };
         tracing::debug!(run_id, "step: archive opened");
         let report = tokio::select! {
             r = sandbox.extract_archive(stream, "/workspace", progress) => r,
@@ -834,5 +837,35 @@ impl Executor {
             Err(e) => tracing::warn!("cannot list sandboxes to reap: {e}"),
         }
         Ok(active.len())
+    }
+}
+
+/// Appends a run's `archive_progress` events from the extraction's
+/// callbacks. Each is written by a task of its own (the extraction must not
+/// wait for the store), after the one before it: events appear in order,
+/// and the final report waits for the last of them (`pending`).
+#[derive(Clone)]
+struct ArchiveEvents {
+    store: Store,
+    hub: Arc<EventHub>,
+    id: String,
+    pending: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl ArchiveEvents {
+    fn append(&self, data: Value) {
+        let (store, hub, id) = (self.store.clone(), self.hub.clone(), self.id.clone());
+        let mut slot = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let before = slot.take();
+        *slot = Some(tokio::spawn(async move {
+            if let Some(before) = before {
+                let _ = before.await;
+            }
+            if let Ok(evs) = store.append_events(id.clone(), vec![(EventType::ArchiveProgress, data)]).await
+                && let Some(e) = evs.last()
+            {
+                hub.notify(&id, e.seq);
+            }
+        }));
     }
 }

@@ -118,6 +118,10 @@ pub struct RunSpec {
     /// be collected, although the command succeeded.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_artifacts: bool,
+    /// Refuse the whole archive for a symlink pointing out of the
+    /// workspace, instead of leaving that entry out with a warning.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict_archive: bool,
 }
 
 /// A Workspace Run.
@@ -192,6 +196,13 @@ impl EventType {
     pub fn is_output(self) -> bool {
         matches!(self, EventType::Stdout | EventType::Stderr)
     }
+}
+
+/// `data` of an `archive_progress` event reporting an archive entry the
+/// extraction left out: `{"warning": {"entry", "reason"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveWarningEvent {
+    pub warning: crate::ports::ArchiveWarning,
 }
 
 /// A stored event. For output events `data` holds `{offset, bytes, sha256,

@@ -1,8 +1,14 @@
 //! The `progress` resource of `crownest:host/types`: a host-owned sink a
 //! plugin reports long-operation progress into.
+//!
+//! For an archive extraction the sink also carries what the host decided
+//! about it (strict or not) and where entries left out are reported: the
+//! plugin passes the sink on to `extract-tar-gz`, so both reach the host
+//! capability without a WIT change and without the plugin in the loop.
 
 use std::sync::Arc;
 
+use crownest_core::ports::ArchiveWarning;
 use wasmtime::component::Resource;
 
 use crate::bindings::host::crownest::host::types::{Host, HostProgress};
@@ -11,15 +17,35 @@ use crate::state::PluginState;
 /// Receives (bytes, entries) so far.
 pub type ProgressCallback = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
+/// Receives each archive entry an extraction left out.
+pub type WarningCallback = Arc<dyn Fn(ArchiveWarning) + Send + Sync>;
+
 /// Host side of a `progress` handle.
 pub struct ProgressSink {
     callback: ProgressCallback,
     last: (u64, u64),
+    strict: bool,
+    on_warning: WarningCallback,
 }
 
 impl ProgressSink {
+    /// Progress only: not strict, warnings dropped.
     pub fn new(callback: ProgressCallback) -> Self {
-        ProgressSink { callback, last: (0, 0) }
+        ProgressSink::for_archive(callback, false, Arc::new(|_| {}))
+    }
+
+    /// For an archive extraction: its strictness and where warnings go.
+    pub fn for_archive(callback: ProgressCallback, strict: bool, on_warning: WarningCallback) -> Self {
+        ProgressSink { callback, last: (0, 0), strict, on_warning }
+    }
+
+    /// Whether an extraction reporting here refuses what it would skip.
+    pub fn strict(&self) -> bool {
+        self.strict
+    }
+
+    pub fn on_warning(&self) -> WarningCallback {
+        self.on_warning.clone()
     }
 
     /// A thread-safe reporter with the same monotonic filtering, for work on

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crownest_sandbox::{Budgets, Cell, CellError, ExtractError, Limits, Mount, Network, SpawnSpec};
+use crownest_core::ports::ArchiveWarning;
+use crownest_sandbox::{Budgets, Cell, CellError, ExtractError, ExtractOptions, Limits, Mount, Network, SpawnSpec};
 use wasmtime::component::Resource;
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
 
@@ -155,7 +156,9 @@ impl wit::HostCell for PluginState {
     ) -> wasmtime::Result<Result<wit::ExtractReport, WitError>> {
         let cell = self.cell(&this)?;
         let reader = BlockingStreamReader::new(self.table.delete(archive)?);
-        let sink = self.table.get(&progress)?.callback();
+        let sink = self.table.get(&progress)?;
+        let (on_warning, options) = (sink.on_warning(), ExtractOptions { strict: sink.strict() });
+        let sink = sink.callback();
         let budgets = Budgets {
             max_total_bytes: b.max_total_bytes,
             max_entries: b.max_entries,
@@ -166,9 +169,14 @@ impl wit::HostCell for PluginState {
         let result = self
             .blocking(move || {
                 let mut progress = |bytes, entries| sink(bytes, entries);
-                cell.extract(reader, &dest, budgets, &mut progress)
+                cell.extract(reader, &dest, budgets, options, &mut progress)
             })
             .await?;
+        if let Ok(r) = &result {
+            for s in &r.skipped {
+                on_warning(ArchiveWarning { entry: s.entry.clone(), reason: s.reason.clone() });
+            }
+        }
         Ok(result
             .map(|r| wit::ExtractReport {
                 archive_bytes: r.archive_bytes,

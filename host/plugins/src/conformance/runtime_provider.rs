@@ -86,7 +86,7 @@ pub(crate) async fn run_suite_sandbox(suite: &mut Suite, p: &WasmRuntimeProvider
         .check("extract-archive", async || {
             let archive = targz("hello.txt", b"from the archive");
             let r =
-                sbx.extract_archive(Box::new(std::io::Cursor::new(archive)), "/workspace", Box::new(|_, _| {})).await;
+                sbx.extract_archive(Box::new(std::io::Cursor::new(archive)), "/workspace", Default::default()).await;
             let r = r.map_err(|e| describe(&e))?;
             match run_cmd(sbx, "cat hello.txt").await? {
                 (ExitStatus::Exited(0), out) if out == "from the archive" => {
@@ -100,7 +100,7 @@ pub(crate) async fn run_suite_sandbox(suite: &mut Suite, p: &WasmRuntimeProvider
         .check("extract-hostile-archive", async || {
             let archive = targz("../escape.txt", b"x");
             expect_error(
-                sbx.extract_archive(Box::new(std::io::Cursor::new(archive)), "/workspace", Box::new(|_, _| {})).await,
+                sbx.extract_archive(Box::new(std::io::Cursor::new(archive)), "/workspace", Default::default()).await,
                 &[ErrorKind::Invalid],
             )
         })

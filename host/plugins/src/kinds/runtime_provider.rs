@@ -8,7 +8,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use crownest_core::ports::runtime::{ExtractReport, ProgressFn};
+use crownest_core::ports::ExtractProgress;
+use crownest_core::ports::runtime::ExtractReport;
 use crownest_core::ports::{
     ByteStream, ExecSpec, Execution, ExitStatus, Outcome, ProcessHandle, RuntimeProvider, Sandbox, SandboxInfo,
     SandboxLimits, SandboxSpec, TemplateInfo,
@@ -270,7 +271,7 @@ impl Sandbox for WasmSandbox {
         &self,
         archive: ByteStream,
         path: &str,
-        progress: ProgressFn,
+        progress: ExtractProgress,
     ) -> Result<ExtractReport, PluginError> {
         let mut guard_ = self.inner.lock().await;
         let inner = &mut *guard_;
@@ -279,8 +280,9 @@ impl Sandbox for WasmSandbox {
         let table = &mut inner.store.data_mut().table;
         let archive =
             table.push(streams::input_stream_from(archive)).map_err(|e| PluginError::internal(e.to_string()))?;
-        let sink =
-            table.push(ProgressSink::new(Arc::new(progress))).map_err(|e| PluginError::internal(e.to_string()))?;
+        let ExtractProgress { on_progress, on_warning, strict } = progress;
+        let sink = ProgressSink::for_archive(Arc::from(on_progress), strict, Arc::from(on_warning));
+        let sink = table.push(sink).map_err(|e| PluginError::internal(e.to_string()))?;
         let sink_borrow = Resource::new_borrow(sink.rep());
         let res = inner.sandbox;
         let r = guard::call(&mut inner.store, "sandbox.extract-archive", async |s| {

@@ -47,6 +47,8 @@ struct CreateBody {
     secret_env: BTreeMap<String, String>,
     #[serde(default)]
     require_artifacts: bool,
+    #[serde(default)]
+    strict_archive: bool,
 }
 
 const DEFAULT_TEMPLATE: &str = "python-node";
@@ -241,6 +243,7 @@ pub async fn create(
             env: parsed.env.clone(),
             secret_env: parsed.secret_env.keys().cloned().collect(),
             require_artifacts: parsed.require_artifacts,
+            strict_archive: parsed.strict_archive,
             command: parsed.command.clone(),
             template,
             sandbox_id: parsed.sandbox_id.clone(),
